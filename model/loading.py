@@ -1,0 +1,92 @@
+"""Load a SpritePipeline from a local folder or a Hub repo, with one clear error.
+
+Files come through huggingface_hub (so HF_HUB_OFFLINE, HF_HOME and HF_ENDPOINT are
+honoured); only JSON configs and safetensors weights are fetched, so nothing from a
+model repo is ever unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from .pipeline import SpritePipeline
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+REQUIRED_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+)
+ALLOWED_PATTERNS = ["*.json", "*.safetensors", "*.md"]
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says which source and what is wrong."""
+
+
+def _fetch(repo_id: str, revision: str | None, token: str | bool | None) -> Path:
+    """Download (or find in the cache) the config and safetensors files of a Hub model repo."""
+    where = f"Hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=ALLOWED_PATTERNS))
+    except RevisionNotFoundError:
+        raise ModelLoadError(f"{where}: that revision does not exist") from None
+    except GatedRepoError:
+        raise ModelLoadError(f"{where}: the repo is gated; accept its terms and log in") from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"{where}: no such repo (or it is private and no valid token was given)") from None
+    except HFValidationError as err:
+        raise ModelLoadError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id ({err})") from None
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(f"{where}: not in the local cache and the Hub cannot be reached "
+                             "(offline, or HF_HUB_OFFLINE is set)") from None
+    except EntryNotFoundError as err:
+        raise ModelLoadError(f"{where}: a file is missing ({err})") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise ModelLoadError(f"{where}: download failed ({type(err).__name__}: {err})") from None
+
+
+def load_pipeline(source: str | Path | None = None, revision: str | None = None,
+                  token: str | bool | None = None, device: str | None = None) -> SpritePipeline:
+    """Load from a local folder (default: the bundled model) or a Hub repo id.
+
+    Raises ModelLoadError naming the source and the problem: a missing repo or revision,
+    missing files, or a config that does not match the weights.
+    """
+    source = DEFAULT_MODEL_DIR if source is None else source
+    folder = Path(source)
+    if not folder.is_dir():
+        if Path(source).is_absolute() or str(source).startswith((".", "~")):
+            raise ModelLoadError(f"model folder {source} does not exist")
+        folder = _fetch(str(source), revision, token)
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelLoadError(f"model {source}: missing {', '.join(missing)} (weights must be safetensors)")
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ModelLoadError(f"model {source}: model_index.json is not valid JSON ({err})") from None
+    if not isinstance(index, dict) or index.get("_class_name") != SpritePipeline.__name__:
+        raise ModelLoadError(f"model {source}: model_index.json does not describe a {SpritePipeline.__name__}")
+    try:
+        pipe = SpritePipeline.from_pretrained(folder, use_safetensors=True)
+    except Exception as err:  # diffusers raises many kinds here; the message is what matters
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"model {source}: cannot be loaded: {message}") from None
+    if device:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,203 @@
+"""SpritePipeline: a scheduler, a context-conditioned U-Net, and a short sampling loop.
+
+Shaped like diffusers' DDPMPipeline, plus what the course teaches: a context vector
+(one-hot, mixed, or zero for unconditional), the DDPM update written as the formula,
+a switch for noise re-adding, DDIM, classifier-free guidance, and per-step output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.utils import BaseOutput
+from PIL import Image
+
+from .schedule import NoiseSchedule, timestep_grid, unet_timestep
+from .unet import attach_context_embedding
+
+MAX_IMAGES = 64  # per call; the app and the API share this limit
+SAMPLERS = ("ddpm", "ddim")
+ContextSpec = str | Sequence[str] | Sequence[float] | np.ndarray | torch.Tensor
+
+
+@dataclass
+class DenoiseStep:
+    """One step of the reverse process, as the app and callbacks see it."""
+
+    index: int  # 0-based step number
+    timestep: int  # course step t the network was asked about (T ... 1)
+    sample: torch.Tensor  # x_{t_prev} after this update, (N, 3, H, W) in about [-1, 1]
+    predicted_clean: torch.Tensor  # the network's x0 estimate at this step
+
+
+@dataclass
+class SpriteOutput(BaseOutput):
+    images: list[Image.Image]  # one PIL image per sprite
+    array: np.ndarray  # (N, H, W, 3) uint8, values 0..255
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class SpritePipeline(DiffusionPipeline):
+    """Generate sprites for a context. ``context_names`` travels in model_index.json."""
+
+    unet: UNet2DModel
+    scheduler: DDPMScheduler
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, context_names: list[str] | None = None):
+        super().__init__()
+        n = unet.config.num_class_embeds
+        names = list(context_names) if context_names is not None else [f"context {i}" for i in range(n or 0)]
+        if n is None or n != len(names):
+            raise ValueError(
+                f"model config mismatch: the U-Net has {n} context embeddings but the model names "
+                f"{len(names)} contexts ({', '.join(names)})")
+        self.register_modules(unet=attach_context_embedding(unet), scheduler=scheduler)
+        self.register_to_config(context_names=names)
+        self.schedule = NoiseSchedule(scheduler)
+
+    @property
+    def context_names(self) -> list[str]:
+        return list(self.config.context_names)
+
+    @property
+    def num_train_steps(self) -> int:
+        return self.schedule.num_steps
+
+    # ---- input checking ----------------------------------------------------------------
+    def context_vector(self, context: ContextSpec | None, num_images: int) -> torch.Tensor:
+        """Turn a name, a list of names or a weight vector into (num_images, C) float weights."""
+        names = self.context_names
+        if context is None:
+            weights = np.zeros(len(names))
+        elif isinstance(context, str) or (isinstance(context, Sequence) and context
+                                          and all(isinstance(c, str) for c in context)):
+            chosen = [context] if isinstance(context, str) else list(context)
+            weights = np.zeros(len(names))
+            for name in chosen:
+                if name not in names:
+                    raise ValueError(f"unknown context {name!r}; this model knows: {', '.join(names)}")
+                weights[names.index(name)] = 1.0
+        else:
+            try:
+                weights = np.asarray(context.cpu() if torch.is_tensor(context) else context, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"context must be a name, a list of names or a list of {len(names)} "
+                                 f"numbers, got {context!r}") from None
+        if weights.ndim == 0 or weights.shape[-1] != len(names) or weights.ndim > 2:
+            raise ValueError(f"context weight vector must have {len(names)} entries "
+                             f"({', '.join(names)}), got shape {tuple(weights.shape)}")
+        if not np.isfinite(weights).all():
+            raise ValueError("context weights must be finite numbers (no NaN or infinity)")
+        if (weights < 0).any():
+            raise ValueError("context weights must not be negative")
+        if weights.ndim == 2 and weights.shape[0] != num_images:
+            raise ValueError(f"got {weights.shape[0]} context rows for {num_images} images")
+        weights = np.broadcast_to(weights, (num_images, len(names)))
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
+
+    def check_inputs(self, num_images: int, num_inference_steps: int, sampler: str,
+                     guidance_scale: float, noise_scale: float) -> None:
+        """Raise ValueError with a plain message for anything the loop cannot run."""
+        big_t = self.num_train_steps
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES:
+            raise ValueError(f"num_images must be a whole number from 1 to {MAX_IMAGES}, got {num_images!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
+                or not 1 <= num_inference_steps <= big_t:
+            raise ValueError(f"num_inference_steps must be a whole number from 1 to {big_t}, "
+                             f"got {num_inference_steps!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose 'ddpm' or 'ddim'")
+        for name, value in (("guidance_scale", guidance_scale), ("noise_scale", noise_scale)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or not 0 <= value <= 20:
+                raise ValueError(f"{name} must be a number from 0 to 20, got {value!r}")
+
+    # ---- the reverse process -----------------------------------------------------------
+    def predict_noise(self, sample: torch.Tensor, t: int, context: torch.Tensor,
+                      guidance_scale: float = 1.0) -> torch.Tensor:
+        """eps_hat(x_t, t, context); with guidance, pushed away from the unconditional estimate."""
+        timestep = torch.tensor(unet_timestep(t), device=sample.device)
+        if guidance_scale == 1.0:
+            return self.unet(sample, timestep, class_labels=context).sample
+        both = self.unet(torch.cat([sample, sample]), timestep,
+                         class_labels=torch.cat([context, torch.zeros_like(context)])).sample
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def denoise(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,
+                sampler: str = "ddpm", add_noise: bool = True, noise_scale: float = 1.0,
+                guidance_scale: float = 1.0, generator: torch.Generator | None = None,
+                seed: int | None = None) -> Iterator[DenoiseStep]:
+        """Check the inputs now, then iterate over every step of sampling from pure noise.
+
+        Arguments as in :meth:`__call__`.
+        """
+        self.check_inputs(num_images, num_inference_steps, sampler, guidance_scale, noise_scale)
+        context_weights = self.context_vector(context, num_images)
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        return self._reverse_process(context_weights, num_inference_steps, sampler, add_noise, noise_scale,
+                                     guidance_scale, generator)
+
+    @torch.inference_mode()
+    def _reverse_process(self, context_weights: torch.Tensor, num_inference_steps: int, sampler: str,
+                         add_noise: bool, noise_scale: float, guidance_scale: float,
+                         generator: torch.Generator | None) -> Iterator[DenoiseStep]:
+        size = self.unet.config.sample_size
+        shape = (context_weights.shape[0], 3, size, size)
+
+        # Noise is drawn on the CPU so a seed gives the same sprites on every device.
+        def gaussian() -> torch.Tensor:
+            return torch.randn(shape, generator=generator).to(self.device)
+
+        sample = gaussian()
+        for index, (t, t_prev) in enumerate(timestep_grid(num_inference_steps, self.num_train_steps)):
+            predicted_noise = self.predict_noise(sample, t, context_weights, guidance_scale)
+            predicted_clean = self.schedule.predict_clean(sample, predicted_noise, t)
+            if sampler == "ddpm":
+                s1, s2, s3 = self.schedule.ddpm_coefficients(t, t_prev)
+                # Re-adding noise keeps x on the distribution the net was trained on;
+                # none at the last step, and none at all in the "collapse" demonstration.
+                extra_noise = gaussian() * noise_scale if add_noise and t_prev > 0 else 0.0
+                sample = s1 * (sample - s2 * predicted_noise) + s3 * extra_noise
+            else:
+                c_sample, c_noise = self.schedule.ddim_coefficients(t, t_prev)
+                sample = c_sample * sample + c_noise * predicted_noise
+            yield DenoiseStep(index, t, sample, predicted_clean)
+
+    def __call__(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,
+                 sampler: str = "ddpm", add_noise: bool = True, noise_scale: float = 1.0,
+                 guidance_scale: float = 1.0, generator: torch.Generator | None = None, seed: int | None = None,
+                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> SpriteOutput:
+        """Sample sprites.
+
+        context: a context name, a list of names (mixed equally), a weight vector over
+            ``context_names`` (e.g. ``[1, 0, 0.6, 0, 0]``), a (num_images, C) array, or None
+            (zeros: unconditional).
+        num_inference_steps: 1..T. DDPM with fewer than T steps uses a strided schedule.
+        sampler: "ddpm" or "ddim" (deterministic, eta = 0).
+        add_noise: False switches off noise re-adding (the course's collapse demonstration).
+        noise_scale: multiplies s3, the re-added noise.
+        guidance_scale: classifier-free guidance against the zero context; 1 is off.
+        generator / seed: where the noise comes from (seed is used when no generator is given).
+        callback: called as callback(step_index, t, sample, predicted_clean) after every step.
+        """
+        sample = None
+        steps = self.denoise(context, num_images, num_inference_steps, sampler, add_noise, noise_scale,
+                             guidance_scale, generator, seed)
+        for step in self.progress_bar(steps, total=num_inference_steps):
+            sample = step.sample
+            if callback is not None:
+                callback(step.index, step.timestep, step.sample, step.predicted_clean)
+        array = to_uint8(sample)
+        return SpriteOutput(images=[Image.fromarray(a) for a in array], array=array)

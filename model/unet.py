@@ -1,0 +1,90 @@
+"""The network: a stock diffusers UNet2DModel conditioned on a context vector.
+
+The U-Net adds a class embedding to its time embedding. A stock ``nn.Embedding`` only
+takes integer labels; the course mixes contexts (``[1, 0, 0.6, 0, 0]``) and uses the
+zero vector for "unconditional". :class:`ContextEmbedding` keeps the same weight (so
+the saved model stays a stock ``UNet2DModel`` with ``class_embedding.weight``) and
+applies it to float weight vectors as ``weights @ embedding``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+
+class ContextEmbedding(nn.Embedding):
+    """nn.Embedding that also accepts float context vectors (B, C): returns weights @ table."""
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        if context.is_floating_point():
+            return context.to(self.weight.dtype) @ self.weight
+        return super().forward(context)
+
+
+def attach_context_embedding(unet: UNet2DModel) -> UNet2DModel:
+    """Swap the UNet's class embedding for a ContextEmbedding sharing the same weight."""
+    old = unet.class_embedding
+    if not isinstance(old, nn.Embedding):
+        raise ValueError("the UNet has no class embedding table (set num_class_embeds to the number of contexts)")
+    if not isinstance(old, ContextEmbedding):
+        new = ContextEmbedding(old.num_embeddings, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        new.weight = old.weight
+        unet.class_embedding = new
+    return unet
+
+
+def _levels(channels: tuple[int, ...], attention: bool) -> dict:
+    """Down/up block types for a U-Net with attention only at the lowest resolution."""
+    down = ["DownBlock2D"] * len(channels)
+    up = ["UpBlock2D"] * len(channels)
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return {"block_out_channels": channels, "down_block_types": tuple(down), "up_block_types": tuple(up),
+            "add_attention": attention}
+
+
+# Model sizes compared in the architecture study (README). "tiny" exists for tests.
+PRESETS: dict[str, dict] = {
+    "tiny": {**_levels((16, 32, 32), True), "layers_per_block": 1, "norm_num_groups": 8},
+    "small": {**_levels((32, 64, 64), True), "layers_per_block": 1},
+    "base": {**_levels((32, 64, 128), True), "layers_per_block": 2},
+    "base-noattn": {**_levels((32, 64, 128), False), "layers_per_block": 2},
+    "medium": {**_levels((64, 128, 128), True), "layers_per_block": 2},
+    "large": {**_levels((64, 128, 256), True), "layers_per_block": 2},
+}
+
+
+def build_unet(num_contexts: int, preset: str | dict | Path = "base", resolution: int = 16) -> UNet2DModel:
+    """A fresh UNet2DModel from a preset name, a config dict, or a JSON config file.
+
+    The preset only fixes the architecture; resolution, channels and the number of
+    contexts are always set here so they agree with the data.
+    """
+    if isinstance(preset, dict):
+        arch = dict(preset)
+    elif isinstance(preset, Path) or str(preset).endswith(".json"):
+        path = Path(preset)
+        if not path.is_file():
+            raise ValueError(f"UNet config file not found: {path}")
+        try:
+            arch = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"UNet config file {path} is not valid JSON: {err}") from None
+    elif preset in PRESETS:
+        arch = dict(PRESETS[preset])
+    else:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)} or a .json config file")
+    if num_contexts < 1:
+        raise ValueError("at least one context is needed")
+    arch = {k: v for k, v in arch.items() if not k.startswith("_")}
+    arch.update(sample_size=resolution, in_channels=3, out_channels=3, num_class_embeds=num_contexts)
+    try:
+        unet = UNet2DModel(**arch)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"invalid UNet config: {err}") from None
+    return attach_context_embedding(unet)
