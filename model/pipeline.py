@@ -17,6 +17,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from .fast import NoisePredictor, eager_predictor, fast_predictor
 from .schedule import NoiseSchedule, timestep_grid, unet_timestep
 from .unet import attach_context_embedding
 
@@ -64,6 +65,15 @@ class SpritePipeline(DiffusionPipeline):
         self.register_modules(unet=attach_context_embedding(unet), scheduler=scheduler)
         self.register_to_config(context_names=names)
         self.schedule = NoiseSchedule(scheduler)
+        self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
+
+    def enable_fast_sampling(self, compile: bool = True, bf16: bool = False) -> None:
+        """Use torch.compile and/or bf16 for the U-Net (see model/fast.py); call after .to(device)."""
+        self.noise_predictor = fast_predictor(self.unet, compile=compile, bf16=bf16)
+
+    def disable_fast_sampling(self) -> None:
+        """Back to the eager fp32 reference."""
+        self.noise_predictor = eager_predictor(self.unet)
 
     @property
     def context_names(self) -> list[str]:
@@ -128,9 +138,9 @@ class SpritePipeline(DiffusionPipeline):
         """eps_hat(x_t, t, context); with guidance, pushed away from the unconditional estimate."""
         timestep = torch.tensor(unet_timestep(t), device=sample.device)
         if guidance_scale == 1.0:
-            return self.unet(sample, timestep, class_labels=context).sample
-        both = self.unet(torch.cat([sample, sample]), timestep,
-                         class_labels=torch.cat([context, torch.zeros_like(context)])).sample
+            return self.noise_predictor(sample, timestep, context)
+        both = self.noise_predictor(torch.cat([sample, sample]), timestep,
+                                    torch.cat([context, torch.zeros_like(context)]))
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 

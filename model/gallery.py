@@ -1,0 +1,54 @@
+"""Pictures the app shows and hands out: crisp grids, a sprite sheet, the denoising GIF, the forward process.
+
+Kept out of app.py so the UI file is only wiring, and so these can be tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import make_grid, upscale
+from .pipeline import to_uint8
+from .schedule import NoiseSchedule
+
+
+def display_grid(sprites: np.ndarray, width: int = 384, ncols: int | None = None) -> Image.Image:
+    """(N, H, W, 3) uint8 -> one padded grid, enlarged by a whole factor to at most ``width`` pixels.
+
+    Whole factors with nearest-neighbour keep every sprite pixel a sharp square.
+    """
+    sheet = make_grid(sprites, ncols)
+    return upscale(sheet, max(1, width // sheet.shape[1]))
+
+
+def save_sheet(sprites: np.ndarray, path: str | Path, ncols: int | None = None) -> Path:
+    """A game-ready sprite sheet: native resolution, no padding, lossless PNG."""
+    path = Path(path)
+    Image.fromarray(make_grid(sprites, ncols, padding=0)).save(path, format="PNG")
+    return path
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, frame_ms: int = 80, hold_ms: int = 1500) -> Path:
+    """An endlessly looping GIF of ``frames`` that rests on the last one so the result can be seen."""
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    path = Path(path)
+    durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
+    frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]), duration=durations, loop=0)
+    return path
+
+
+def noisy_copies(sprite: np.ndarray, schedule: NoiseSchedule, timesteps: Sequence[int], seed: int = 0) -> np.ndarray:
+    """One (H, W, 3) uint8 sprite at each course step t: x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps.
+
+    Every copy uses the same eps (drawn from ``seed``), so moving t only changes the mix.
+    """
+    clean = torch.from_numpy(np.array(sprite, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    t = torch.as_tensor(list(timesteps))
+    return to_uint8(schedule.add_noise(clean.expand(len(t), -1, -1, -1), noise.expand(len(t), -1, -1, -1), t))

@@ -1,0 +1,346 @@
+"""The Gradio app: event functions called directly, then the API of a launched app through gradio_client.
+
+A tiny random model keeps this fast; the pictures are noise, but streaming, seeding, the
+noise toggle, validation and the queue behave exactly as with the bundled model.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from gradio.route_utils import delete_files_created_by_app
+from gradio_client import Client
+from PIL import Image
+
+import app
+import model.loading
+from model import SpritePipeline, build_unet, load_pipeline, make_scheduler
+
+NAMES = ["hero", "non-hero", "food", "spell", "item"]
+FAST = dict(context="hero", weights="", num_inference_steps=8, sampler="DDPM", add_noise=True, noise_scale=1.0,
+            guidance_scale=1.0, num_images=4, seed=7, randomize_seed=False)
+COMPARE = {k: v for k, v in FAST.items() if k not in ("sampler", "add_noise")}
+
+# (parameter, bad value, words the error must contain)
+BAD_INPUTS = [
+    ("num_inference_steps", 0, "num_inference_steps"),
+    ("num_inference_steps", 501, "num_inference_steps"),
+    ("num_inference_steps", 2.5, "whole number"),
+    ("num_inference_steps", "50", "num_inference_steps"),
+    ("num_inference_steps", None, "num_inference_steps"),
+    ("num_inference_steps", math.nan, "num_inference_steps"),
+    ("num_inference_steps", 10**30, "num_inference_steps"),
+    ("num_images", 0, "num_images"),
+    ("num_images", 65, "num_images"),
+    ("num_images", True, "num_images"),
+    ("sampler", "euler", "sampler"),
+    ("sampler", ["DDPM"], "sampler"),
+    ("context", "dragon", "context"),
+    ("context", "x" * 10_000, "context"),
+    ("context", 3, "context"),
+    ("noise_scale", -1, "noise_scale"),
+    ("noise_scale", math.inf, "noise_scale"),
+    ("guidance_scale", 21, "guidance_scale"),
+    ("guidance_scale", math.nan, "guidance_scale"),
+    ("seed", -1, "seed"),
+    ("seed", 2**40, "seed"),
+    ("seed", "abc", "seed"),
+    ("add_noise", "false", "add_noise"),
+    ("randomize_seed", 1, "randomize_seed"),
+]
+BAD_WEIGHTS = [
+    ("1, 0, 0", "5 weights"),
+    ("1, 0, 0, 0, -1", "weights[4]"),
+    ("1, 0, nan, 0, 0", "weights[2]"),
+    ("a, b, c, d, e", "weights"),
+    ([1, 0, 0, 0, 1e9], "weights[4]"),
+    ("1," * 500, "too long"),
+    ({"hero": 1}, "weights"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A tiny model gains nothing from threads, and on busy shared cores they spin-wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_pipeline() -> SpritePipeline:
+    torch.manual_seed(0)
+    pipe = SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(), NAMES)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sprites(tiny_dir, tmp_path_factory):
+    return app.SpriteApp(load_pipeline(tiny_dir), tmp_path_factory.mktemp("files"))
+
+
+def final_sprites(outputs) -> np.ndarray:
+    """The sprite sheet file of the last update, as pixels."""
+    return np.asarray(Image.open(outputs[-1][4]))
+
+
+# ---- event functions, called directly -------------------------------------------------------
+
+def test_generate_streams_frames_then_the_final_sprites(sprites):
+    outputs = list(sprites.generate(**{**FAST, "num_inference_steps": 40}))
+    assert len(outputs) == app.LIVE_FRAMES + 1
+    for current, predicted, final, gif, sheet, stats, seed in outputs[:-1]:
+        assert current is not None and predicted is not None
+        assert (final, gif, sheet) == (None, None, None)
+        assert stats.startswith("Step ") and seed == 7
+    current, predicted, final, gif, sheet, stats, seed = outputs[-1]
+    assert final.width >= 400  # enlarged by a whole factor: crisp
+    assert Image.open(sheet).size == (32, 32)  # 4 sprites, 2 x 2, native 16 px, no padding
+    with Image.open(gif) as animation:
+        assert animation.format == "GIF" and animation.n_frames == app.LIVE_FRAMES + 1
+    assert "40 DDPM steps" in stats and "steps/s" in stats and seed == 7
+
+
+def test_first_update_comes_after_the_first_step(sprites):
+    calls = []
+    hook = sprites.pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        first = next(sprites.generate(**{**FAST, "num_inference_steps": 100}))
+    finally:
+        hook.remove()
+    assert len(calls) == 1 and first[5] == "Step 1 of 100: t = 500"
+
+
+def test_same_seed_same_sprites_and_noise_toggle_changes_them(sprites):
+    once = final_sprites(list(sprites.generate(**FAST)))
+    again = final_sprites(list(sprites.generate(**FAST)))
+    other_seed = final_sprites(list(sprites.generate(**{**FAST, "seed": 8})))
+    no_noise = final_sprites(list(sprites.generate(**{**FAST, "add_noise": False})))
+    assert np.array_equal(once, again)
+    assert not np.array_equal(once, other_seed)
+    assert not np.array_equal(once, no_noise)
+
+
+def test_randomised_seed_is_reported_and_reproduces(sprites):
+    outputs = list(sprites.generate(**{**FAST, "seed": None, "randomize_seed": True}))
+    seed = outputs[-1][6]
+    assert 0 <= seed <= app.MAX_SEED and f"seed {seed}" in outputs[-1][5]
+    again = list(sprites.generate(**{**FAST, "seed": seed}))
+    assert np.array_equal(final_sprites(outputs), final_sprites(again))
+
+
+@pytest.mark.parametrize("context, weights", [
+    ("mixed", "1, 0, 0.6, 0, 0"), ("mixed", [1, 0, 0.6, 0, 0]), ("unconditional", "ignored"), ("FOOD", ""),
+])
+def test_context_choices(sprites, context, weights):
+    outputs = list(sprites.generate(**{**FAST, "context": context, "weights": weights, "sampler": "ddim"}))
+    assert outputs[-1][2] is not None
+
+
+def test_mixed_weights_reach_the_model(sprites):
+    hero = final_sprites(list(sprites.generate(**FAST)))
+    as_mix = final_sprites(list(sprites.generate(**{**FAST, "context": "mixed", "weights": "1 0 0 0 0"})))
+    mixed = final_sprites(list(sprites.generate(**{**FAST, "context": "mixed", "weights": "1 0 0.6 0 0"})))
+    assert np.array_equal(hero, as_mix) and not np.array_equal(hero, mixed)
+
+
+def test_mixing_panel_shows_the_context_vector():
+    *weights, text, _ = app._one_hot("food", NAMES)
+    assert weights == [0, 0, 1, 0, 0] and text == "0, 0, 1, 0, 0"
+    assert app._one_hot("mixed", NAMES)[-1].open is True
+
+
+@pytest.mark.parametrize("name, value, words", BAD_INPUTS)
+def test_generate_refuses_bad_input_with_a_clear_message(sprites, name, value, words):
+    with pytest.raises(gr.Error, match=words):
+        next(sprites.generate(**{**FAST, name: value}))
+
+
+@pytest.mark.parametrize("weights, words", BAD_WEIGHTS)
+def test_generate_refuses_bad_weights(sprites, weights, words):
+    with pytest.raises(gr.Error) as err:
+        next(sprites.generate(**{**FAST, "context": "mixed", "weights": weights}))
+    assert words in str(err.value)
+
+
+def test_compare_runs_one_seed_with_and_without_noise(sprites):
+    with_noise, without_noise, caption, seed = sprites.compare(**COMPARE)
+    assert seed == 7 and "Same seed (7)" in caption
+    assert with_noise.size == without_noise.size
+    assert not np.array_equal(np.asarray(with_noise), np.asarray(without_noise))
+    generated = list(sprites.generate(**FAST))[-1][2]
+    assert np.array_equal(np.asarray(generated), np.asarray(with_noise))
+    with pytest.raises(gr.Error, match="num_images"):
+        sprites.compare(**{**COMPARE, "num_images": 1000})
+
+
+def test_forward_process_tab(sprites):
+    sprite = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    clean, strip, formula = sprites.forward(sprite, 0)
+    assert np.array_equal(np.asarray(clean)[::16, ::16], sprite)  # t = 0 is the sprite itself
+    assert [caption for _, caption in strip] == ["t = 0", "t = 100", "t = 250", "t = 500"]
+    assert "1.000\\,x_0 + 0.000" in formula
+    noisy, _, formula = sprites.forward(sprite, 500)
+    assert np.abs(np.asarray(noisy).astype(int) - np.asarray(clean)).mean() > 30
+    assert "0.079\\,x_0" in formula  # sqrt(alpha_bar_500)
+    big = np.kron(sprite, np.ones((4, 4, 1), np.uint8))  # an upload at 4x is read back exactly
+    assert np.array_equal(np.asarray(sprites.forward(big, 0)[0]), np.asarray(clean))
+    assert sprites.forward(None, 100)[0] is None
+    for bad in (-1, 501, 2.5, math.nan, "abc"):
+        with pytest.raises(gr.Error, match="t must be"):
+            sprites.forward(sprite, bad)
+
+
+def test_dataset_examples_feed_the_forward_tab(sprites):
+    if sprites.examples is None:
+        pytest.skip("the bundled dataset (data/sprites_dcss.npz) is not available")
+    assert sprites.examples.shape[1:] == (16, 16, 3)
+    assert set(sprites.example_captions) == set(NAMES)
+    picked = sprites.pick_example(gr.SelectData(None, {"index": 3, "value": None}))
+    assert np.array_equal(np.asarray(picked)[::16, ::16], sprites.examples[3])
+
+
+def test_model_source_falls_back_to_the_bundled_model_and_says_so(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(model.loading, "DEFAULT_MODEL_DIR", tiny_dir)
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    assert app.load_model()[1] == "**Model:** the bundled default."
+
+    monkeypatch.setenv("MODEL_ID", str(tiny_dir))
+    monkeypatch.setenv("MODEL_REVISION", "v1")
+    assert app.load_model()[1] == f"**Model:** `{tiny_dir}` at revision `v1`."
+
+    # An unreachable Hub (offline, empty cache) and malformed or missing sources all fall back.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    for source in ("someone/sprite-model", "not a repo id!", str(tmp_path / "missing")):
+        monkeypatch.setenv("MODEL_ID", source)
+        pipe, note = app.load_model()
+        assert note.startswith("⚠️ **Could not load MODEL_ID:**") and "bundled model instead" in note
+        assert pipe.context_names == NAMES
+    demo = app.build_demo(pipe, note, tmp_path / "files")
+    shown = [c["props"].get("value") for c in demo.config["components"] if c["type"] == "markdown"]
+    assert any("Could not load MODEL_ID" in str(v) for v in shown)
+    demo.close()
+
+
+@pytest.mark.skipif(not (model.loading.DEFAULT_MODEL_DIR / "model_index.json").is_file(),
+                    reason="the bundled model (model/default) is not there yet")
+def test_bundled_model_with_the_page_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    try:
+        assert isinstance(app.demo, gr.Blocks)  # what `gradio app.py` and Spaces tools import
+    finally:
+        vars(app).pop("demo", None)
+    pipe, note = app.load_model()
+    assert note == "**Model:** the bundled default." and pipe.context_names == NAMES
+    outputs = list(app.SpriteApp(pipe, tmp_path).generate(seed=1))  # the defaults the page starts with
+    assert Image.open(outputs[-1][4]).size == (64, 64) and "50 DDPM steps" in outputs[-1][5]
+
+
+# ---- the launched app, through gradio_client ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, tmp_path_factory):
+    demo = app.build_demo(load_pipeline(tiny_dir), "**Model:** tiny test model.")
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    return Client(server[1], download_files=str(tmp_path_factory.mktemp("downloads")), analytics_enabled=False,
+                  verbose=False)
+
+
+def call(client, **changes):
+    job = client.submit(**{**FAST, **changes}, api_name="/generate")
+    updates = list(job)
+    return updates, job.outputs()
+
+
+def test_api_lists_named_endpoints(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(api) == {"/generate", "/compare", "/forward"}
+    assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(FAST)
+
+
+def test_api_streams_before_the_final_result(client):
+    job = client.submit(**{**FAST, "num_inference_steps": 120}, api_name="/generate")
+    arrivals = []
+    for update in job:
+        arrivals.append((time.perf_counter(), job.done(), update))
+    first_time, done_at_first, first = arrivals[0]
+    assert len(arrivals) == app.LIVE_FRAMES + 1 and not done_at_first
+    assert first[0] is not None and first[2] is None  # a live frame, no final sprites yet
+    assert arrivals[-1][0] - first_time > 0.1  # it really came before, not in one burst at the end
+    final = arrivals[-1][2]
+    assert Path(final[2]).is_file() and Path(final[3]).suffix == ".gif" and Path(final[4]).suffix == ".png"
+
+
+def test_api_same_seed_same_sprites_noise_off_differs(client):
+    once, again = call(client)[1], call(client)[1]
+    no_noise = call(client, add_noise=False)[1]
+    assert np.array_equal(final_sprites(once), final_sprites(again))
+    assert not np.array_equal(final_sprites(once), final_sprites(no_noise))
+
+
+def test_api_bad_input_gets_an_error_and_the_server_keeps_answering(client):
+    cases = [(name, value, words) for name, value, words in BAD_INPUTS if not isinstance(value, float)
+             or math.isfinite(value)]  # NaN and infinity are not JSON: the client cannot send them
+    cases += [("weights", w, words) for w, words in BAD_WEIGHTS[:3]]
+    for name, value, words in cases:
+        extra = {"context": "mixed"} if name == "weights" else {}
+        with pytest.raises(Exception, match=words.replace("[", r"\[")):
+            client.predict(**{**FAST, **extra, name: value}, api_name="/generate")
+    with pytest.raises(Exception, match="minimum value 0"):  # the slider's own check, before ours
+        client.predict(sprite=None, t=-5, api_name="/forward")
+    assert Path(client.predict(**FAST, api_name="/generate")[2]).is_file()
+
+
+def test_api_compare(client):
+    with_noise, without_noise, caption, seed = client.predict(**COMPARE, api_name="/compare")
+    assert seed == 7 and "Same seed" in caption
+    assert not np.array_equal(np.asarray(Image.open(with_noise)), np.asarray(Image.open(without_noise)))
+
+
+def test_generated_files_are_removed_by_the_cache_cleanup(server, client):
+    demo, _ = server
+    sheet = Path(client.predict(**FAST, api_name="/generate")[4]).name  # sprites-<run>.png
+    folder = Path(demo.GRADIO_CACHE) / "sprite-diffusion"
+    files = [folder / sheet, folder / sheet.replace("sprites-", "denoising-").replace(".png", ".gif")]
+    assert all(f.is_file() for f in files) and demo.delete_cache == (600, 1800)
+    delete_files_created_by_app(demo, None)  # what delete_cache runs every 10 minutes, for files over 30 minutes old
+    assert not any(f.exists() for f in files)
+
+
+def test_full_queue_answers_busy_at_once(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "QUEUE_SIZE", 1)
+    demo = app.build_demo(load_pipeline(tiny_dir), "", tmp_path)
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, download_files=str(tmp_path), analytics_enabled=False, verbose=False)
+        slow = {**FAST, "num_inference_steps": 500, "num_images": 64}
+        running = client.submit(**slow, api_name="/generate")
+        while running.status().code.name not in ("PROCESSING", "ITERATING"):
+            time.sleep(0.05)
+        waiting = client.submit(**slow, api_name="/generate")
+        time.sleep(0.5)
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            client.predict(**FAST, api_name="/generate")
+        for job in (waiting, running):
+            job.cancel()
+    finally:
+        demo.close()

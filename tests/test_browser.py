@@ -1,0 +1,117 @@
+"""A real browser uses the page: pick a context, generate, switch noise re-adding off, compare.
+
+Runs Debian's chromium through PyPI's playwright (never `playwright install`, which downloads
+a browser). Saves the README screenshots to docs/screenshots/ and checks that the page asked
+nothing of any host but the local server. Outside CI it skips when chromium or playwright is
+missing; in CI (CI=true) that is a failure.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import torch
+
+import app
+from model import DEFAULT_MODEL_DIR, SpritePipeline, build_unet, load_pipeline, make_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def sync_playwright():
+    """playwright's entry point, or a skip (a failure in CI) naming what is missing."""
+    missing = [] if CHROMIUM.exists() else [f"Debian's chromium ({CHROMIUM}; apt-get install chromium)"]
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing.append("playwright (pip install playwright==1.65.2)")
+        sync_playwright = None
+    if missing:
+        message = "browser test needs " + " and ".join(missing)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; CI must provide it (see .ci/run)")
+        pytest.skip(message)
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def url(sync_playwright, tmp_path_factory):
+    """The app on the bundled model when it exists (real sprites for the screenshots), else a tiny one."""
+    if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+        pipe, note = load_pipeline(DEFAULT_MODEL_DIR), "**Model:** the bundled default."
+    else:
+        torch.manual_seed(0)
+        names = ["hero", "non-hero", "food", "spell", "item"]
+        pipe, note = SpritePipeline(build_unet(len(names), "tiny"), make_scheduler(), names), "**Model:** tiny test."
+    demo = app.build_demo(pipe, note, tmp_path_factory.mktemp("files"))
+    _, local_url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    yield local_url
+    demo.close()
+
+
+def final_src(page) -> str | None:
+    grid = page.locator("#final-grid img")
+    return grid.get_attribute("src") if grid.count() else None
+
+
+def wait_for_new_final(page, old: str | None) -> None:
+    page.wait_for_function("""old => {
+        const img = document.querySelector('#final-grid img');
+        return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== old;
+    }""", arg=old, timeout=TIMEOUT_MS)
+
+
+def test_page_generates_sprites_without_outside_requests(sync_playwright, url):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    requested = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(url)
+            generate = page.get_by_role("button", name="Generate", exact=True)
+            generate.wait_for(timeout=TIMEOUT_MS)
+
+            page.get_by_label("hero", exact=True).check()
+            page.get_by_label("Randomise seed").uncheck()
+            page.get_by_label("Seed", exact=True).fill("3")
+            generate.click()
+            wait_for_new_final(page, None)
+            assert "steps/s" in page.locator("body").inner_text()
+            page.screenshot(path=SCREENSHOTS / "generate.png", full_page=True)
+
+            page.get_by_label("Re-add noise (s3·z)").uncheck()
+            with_noise = final_src(page)
+            generate.click()
+            wait_for_new_final(page, with_noise)
+            page.screenshot(path=SCREENSHOTS / "noise-off.png", full_page=True)
+
+            page.get_by_role("button", name="Compare: noise re-adding on vs off").click()
+            page.get_by_text("Same seed (3)").wait_for(timeout=TIMEOUT_MS)
+            page.screenshot(path=SCREENSHOTS / "compare.png", full_page=True)
+
+            page.get_by_role("tab", name="Forward process").click()
+            page.get_by_text("The same sprite at t = 0, 100, 250, 500").wait_for()
+            page.wait_for_timeout(500)
+            page.screenshot(path=SCREENSHOTS / "forward.png", full_page=True)
+
+            page.get_by_role("tab", name="About").click()
+            page.get_by_text("What the \"re-add noise\" toggle shows").wait_for()
+            page.screenshot(path=SCREENSHOTS / "about.png", full_page=True)
+        finally:
+            browser.close()
+
+    outside = sorted({u for u in requested if urlparse(u).scheme not in ("data", "blob")
+                      and urlparse(u).hostname not in LOCAL_HOSTS})
+    assert requested and not outside, f"the page requested outside hosts: {outside}"
+    for name in ("generate", "noise-off", "compare", "forward", "about"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000

@@ -1,0 +1,372 @@
+"""training/train.py end to end (accelerate launch, resume after SIGKILL, two CPU processes, Hub push and
+pull through a stand-in server), plus its checkpoint safety and its bad-input errors.
+
+Every run uses the "tiny" preset on 32 sprites for a few steps, one thread per process.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from conftest import HUB_TOKEN
+from diffusers import UNet2DModel
+from diffusers.training_utils import EMAModel
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+
+from model import build_unet, load_pipeline, make_scheduler
+from model.schedule import NoiseSchedule
+from training import checkpointing, train
+from training.checkpointing import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "training" / "train.py")
+CONFIGS = ROOT / "training" / "configs"
+NAMES = ["hero", "food", "spell"]
+N_SPRITES = 32
+PIPELINE_FILES = {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                  "scheduler/scheduler_config.json"}
+
+
+@pytest.fixture(scope="module")
+def sprites(tmp_path_factory) -> Path:
+    """A course-format dataset: 32 coloured squares on white, one colour per context."""
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    labels = np.eye(len(NAMES), dtype=np.float32)[np.arange(N_SPRITES) % len(NAMES)]
+    images = np.full((N_SPRITES, 16, 16, 3), 255, np.uint8)
+    colours = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)
+    for i in range(N_SPRITES):
+        y, x = rng.integers(2, 6, 2)
+        images[i, y:y + 8, x:x + 8] = colours[i % len(NAMES)]
+    np.save(folder / "sprites_test.npy", images)
+    np.save(folder / "sprite_labels_nc_test.npy", labels)
+    return folder / "sprites_test.npy"
+
+
+def tiny_args(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["--dataset", str(dataset), "--context_names", ",".join(NAMES), "--model_config", "tiny",
+            "--output_dir", str(output_dir), "--train_batch_size", "8", "--seed", "0", "--lr_warmup_steps", "0",
+            "--samples_per_context", "2", "--sample_steps", "2", "--logging_steps", "1", "--logger", "none", *extra]
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT")}
+    env.update(OMP_NUM_THREADS="1", HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1", **extra)
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def launch(config: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config), *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def weights_sum(folder: Path) -> float:
+    weights = load_file(folder / "unet/diffusion_pytorch_model.safetensors")
+    return float(sum(weights[k].double().sum() for k in sorted(weights)))
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def files_mention(folder: Path, text: str) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+# ---- the training math -----------------------------------------------------------------------
+
+
+def test_noisy_batch_is_correct_ddpm_noising_with_uniform_steps_and_context_dropout():
+    torch.manual_seed(0)
+    schedule = NoiseSchedule(make_scheduler())
+    n = 20000
+    x0 = torch.rand(n, 3, 2, 2) * 2 - 1
+    context = torch.eye(3)[torch.arange(n) % 3]
+    noisy, t, dropped, noise = train.noisy_batch(x0, context, schedule, context_dropout=0.1, hflip=False)
+    assert t.min() == 1 and t.max() == schedule.num_steps  # every step of 1..T can be drawn
+    assert abs(t.double().mean().item() - (schedule.num_steps + 1) / 2) < 5  # uniform: mean 250.5
+    ab = schedule.alpha_bar[t].float().view(-1, 1, 1, 1)
+    assert torch.allclose(noisy, ab.sqrt() * x0 + (1 - ab).sqrt() * noise, atol=1e-6)  # sqrt on the noise term
+    zeroed = (dropped.sum(1) == 0).float().mean().item()
+    assert 0.09 < zeroed < 0.11
+    kept = dropped.sum(1) > 0
+    assert torch.equal(dropped[kept], context[kept])
+
+
+def test_hflip_mirrors_about_half_of_the_batch():
+    torch.manual_seed(0)
+    schedule = NoiseSchedule(make_scheduler())
+    x0 = torch.arange(4.0).repeat(1000, 3, 4, 1) / 4  # rows 0 1 2 3: asymmetric
+    torch.manual_seed(1)
+    noisy, t, _, noise = train.noisy_batch(x0, torch.ones(1000, 1), schedule, 0.0, hflip=True)
+    ab = schedule.alpha_bar[t].float().view(-1, 1, 1, 1)
+    clean = (noisy - (1 - ab).sqrt() * noise) / ab.sqrt()
+    flipped = torch.isclose(clean, x0.flip(-1), atol=1e-3).flatten(1).all(1)
+    same = torch.isclose(clean, x0, atol=1e-3).flatten(1).all(1)
+    assert bool((flipped ^ same).all())
+    assert 400 < int(flipped.sum()) < 600
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+
+def test_accelerate_launch_trains_pushes_and_the_app_loader_pulls_it_back(sprites, tmp_path, hub_server):
+    out = tmp_path / "run"
+    env = clean_env(tmp_path, HF_ENDPOINT=hub_server.url)
+    args = tiny_args(sprites, out, "--max_train_steps", "4", "--checkpointing_steps", "2", "--save_images_steps", "2",
+                     "--logger", "tensorboard", "--push_to_hub", "--push_at_checkpoints",
+                     "--hub_model_id", "tester/sprites-tiny", "--hub_token", HUB_TOKEN)
+    result = run(launch("cpu.yaml", TRAIN, *args), env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert HUB_TOKEN not in log and not files_mention(out, HUB_TOKEN)
+
+    # The pipeline in the diffusers layout, holding the EMA weights (not the raw ones).
+    assert all((out / name).is_file() for name in PIPELINE_FILES)
+    exported = load_file(out / "unet/diffusion_pytorch_model.safetensors")
+    assert_same_tensors(exported, load_file(out / "checkpoint-4/ema/diffusion_pytorch_model.safetensors"))
+    raw = load_file(out / "checkpoint-4/model.safetensors")
+    assert not all(torch.equal(exported[k], raw[k]) for k in raw)
+    pipe = load_pipeline(out)
+    assert pipe.context_names == NAMES
+    assert pipe("food", num_images=2, num_inference_steps=2, sampler="ddim", seed=0).array.shape == (2, 16, 16, 3)
+
+    # Sample grids (3 contexts x 2, 4x upscaled), the model card and the TensorBoard logs.
+    assert (out / "samples" / "step_000002.png").is_file()
+    assert Image.open(out / "samples.png").size == ((2 * 17 + 1) * 4, (3 * 17 + 1) * 4)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.license == "other"
+    assert "pixel-art" in card.data.tags
+    assert "samples.png" in card.text and "| train_batch_size | 8 |" in card.text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "logs" / "train")).Reload()
+    assert {"loss", "lr", "images_per_sec"} <= set(events.Tags()["scalars"])
+    assert "samples" in events.Tags()["images"]
+    assert all(np.isfinite(e.value) and e.value > 0 for e in events.Scalars("loss"))
+
+    # The Hub holds the pipeline, card and grid, not checkpoints or logs; the app's loader pulls it back.
+    pushed = set(hub_server.files("tester/sprites-tiny"))
+    assert PIPELINE_FILES | {"README.md", "samples.png", "training_args.json"} == pushed
+    assert len(hub_server.repos["tester/sprites-tiny"]) == 2  # at the step-2 checkpoint, then the final model
+    pull = ("from model import load_pipeline; p = load_pipeline('tester/sprites-tiny'); w = p.unet.state_dict(); "
+            "print(p.context_names, float(sum(w[k].double().sum() for k in sorted(w))))")
+    pulled = run([sys.executable, "-c", pull], clean_env(tmp_path / "fresh", HF_ENDPOINT=hub_server.url))
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    assert pulled.stdout.split() == ["['hero',", "'food',", "'spell']", repr(weights_sum(out))]
+
+
+def test_failed_push_says_why_keeps_the_output_and_exits_nonzero(sprites, tmp_path, hub_server):
+    out = tmp_path / "run"
+    env = clean_env(tmp_path, HF_ENDPOINT=hub_server.url, HF_TOKEN=HUB_TOKEN)
+    hub_server.fail = True
+    args = tiny_args(sprites, out, "--max_train_steps", "1", "--checkpointing_steps", "0", "--push_to_hub",
+                     "--hub_model_id", "tester/broken")
+    result = run([sys.executable, TRAIN, *args], env)
+    assert result.returncode != 0
+    assert "push to Hub repo 'tester/broken' failed" in result.stderr and "500" in result.stderr
+    assert f"kept in {out}" in result.stderr
+    assert HUB_TOKEN not in result.stdout + result.stderr and not files_mention(out, HUB_TOKEN)
+    assert all((out / name).is_file() for name in PIPELINE_FILES | {"README.md", "samples.png"})
+
+    hub_server.fail = False  # the retry the error message suggests
+    retry = run([sys.executable, "-m", "training.hub", str(out), "--hub_model_id", "tester/broken"], env)
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert PIPELINE_FILES <= set(hub_server.files("tester/broken"))
+
+
+def test_resume_after_sigkill_restores_everything_and_matches_an_uninterrupted_run(sprites, tmp_path):
+    env = clean_env(tmp_path)
+    steps = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--save_images_steps", "0"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    reference = subprocess.Popen([sys.executable, TRAIN, *tiny_args(sprites, straight, *steps)], env=env, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen([sys.executable, TRAIN, *tiny_args(sprites, killed, *steps, "--debug_step_delay", "2")],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint-2").is_dir() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    assert reference.wait(timeout=120) == 0
+    last = checkpointing.list_checkpoints(killed)[-1]
+    assert checkpointing.step_of(last) < 6 and not (killed / "model_index.json").exists()
+
+    result = run([sys.executable, TRAIN, *tiny_args(sprites, killed, *steps, "--resume_from_checkpoint", "latest")],
+                 env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {last.name} at step {checkpointing.step_of(last)}" in result.stderr
+
+    # Same weights, optimizer moments, LR schedule and EMA as the run that was never interrupted.
+    a, b = straight / "checkpoint-6", killed / "checkpoint-6"
+    assert_same_tensors(load_file(a / "model.safetensors"), load_file(b / "model.safetensors"))
+    assert_same_tensors(load_file(a / "ema/diffusion_pytorch_model.safetensors"),
+                        load_file(b / "ema/diffusion_pytorch_model.safetensors"))
+    assert json.loads((b / "ema/config.json").read_text())["optimization_step"] == 6
+    opt_a, opt_b = (torch.load(p / "optimizer.bin", weights_only=True) for p in (a, b))
+    for key, state in opt_a["state"].items():
+        assert_same_tensors(state, opt_b["state"][key])
+    sched_a, sched_b = (torch.load(p / "scheduler.bin", weights_only=True) for p in (a, b))
+    assert sched_a["last_epoch"] == sched_b["last_epoch"] == 6 and sched_a["_last_lr"] == sched_b["_last_lr"]
+    assert weights_sum(straight) == weights_sum(killed)
+
+
+def test_two_cpu_processes_train_one_model_on_disjoint_shards(sprites, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(sprites, out, "--train_batch_size", "4", "--max_train_steps", "4", "--checkpointing_steps", "2",
+                     "--save_images_steps", "0", "--debug_record_indices")
+    result = run(launch("cpu_2proc.yaml", "--main_process_port", str(free_port()), TRAIN, *args), clean_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MULTI_CPU with 2 process(es)" in result.stderr
+    seen = [json.loads((out / f"seen_indices_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [len(s) for s in seen] == [4, 4]  # 32 sprites / (2 processes x 4) = 4 steps = one epoch each
+    shards = [{i for batch in s for i in batch} for s in seen]
+    assert shards[0].isdisjoint(shards[1]) and shards[0] | shards[1] == set(range(N_SPRITES))
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
+    assert load_pipeline(out).context_names == NAMES
+
+
+# ---- checkpoints: atomic saves, full disks, corruption ---------------------------------------
+
+
+@pytest.fixture
+def accelerator_parts():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny net on a busy 2-core machine: extra threads only wait for each other
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    unet = build_unet(2, "tiny")
+    ema = EMAModel(unet.parameters(), use_ema_warmup=True, model_cls=UNet2DModel, model_config=unet.config)
+    checkpointing.register_ema(accelerator, ema)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
+    yield accelerator, unet, optimizer, scheduler, ema
+    AcceleratorState._reset_state(reset_partial_state=True)
+    torch.set_num_threads(threads)
+
+
+def _train_step(unet, optimizer, scheduler, ema):
+    loss = unet(torch.randn(2, 3, 16, 16), torch.tensor([3, 7]), class_labels=torch.eye(2)).sample.square().mean()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    ema.step(unet.parameters())
+
+
+def test_checkpoint_round_trip_restores_optimizer_scheduler_and_ema(accelerator_parts, tmp_path):
+    accelerator, unet, optimizer, scheduler, ema = accelerator_parts
+    for _ in range(3):
+        _train_step(unet, optimizer, scheduler, ema)
+    saved = {"opt": optimizer.state_dict()["state"][0]["exp_avg"].clone(), "lr": scheduler.get_last_lr(),
+             "ema": [p.clone() for p in ema.shadow_params], "ema_step": ema.optimization_step}
+    path = checkpointing.save_checkpoint(accelerator, tmp_path, 3)
+    assert path.name == "checkpoint-3" and not list(tmp_path.glob(".tmp*"))
+    for _ in range(2):
+        _train_step(unet, optimizer, scheduler, ema)
+    assert checkpointing.load_checkpoint(accelerator, path) == 3
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], saved["opt"])
+    assert scheduler.get_last_lr() == saved["lr"]
+    assert ema.optimization_step == saved["ema_step"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, saved["ema"], strict=True))
+
+
+def test_full_disk_keeps_the_last_good_checkpoint(accelerator_parts, tmp_path, monkeypatch):
+    accelerator, *_ = accelerator_parts
+    good = checkpointing.save_checkpoint(accelerator, tmp_path, 1)
+    before = {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()}
+
+    def disk_full(output_dir):
+        Path(output_dir).mkdir()
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(accelerator, "save_state", disk_full)
+    with pytest.raises(CheckpointError, match=r"checkpoint-2 .*No space left on device.*checkpoint-1, is kept"):
+        checkpointing.save_checkpoint(accelerator, tmp_path, 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-1"]
+    assert before == {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()}
+
+
+def test_interrupted_and_corrupted_checkpoints_are_never_taken_as_valid(accelerator_parts, tmp_path):
+    accelerator, *_ = accelerator_parts
+    for step in (1, 2, 3):
+        checkpointing.save_checkpoint(accelerator, tmp_path, step, total_limit=2)
+    assert [p.name for p in checkpointing.list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+
+    stale = tmp_path / ".tmp-checkpoint-9"  # what a kill during a save leaves behind
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    assert checkpointing.resolve_resume("latest", tmp_path, with_ema=True).name == "checkpoint-3"
+    checkpointing.remove_stale_temporaries(tmp_path)
+    assert not stale.exists()
+
+    weights = tmp_path / "checkpoint-3" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="checkpoint-3 is corrupted: model.safetensors"):
+        checkpointing.resolve_resume("latest", tmp_path, with_ema=True)
+    (tmp_path / "checkpoint-2" / "optimizer.bin").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="checkpoint-2 is corrupted"):
+        checkpointing.load_checkpoint(accelerator, tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-2" / "ema" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="checkpoint-2 is incomplete.*ema/config.json"):
+        checkpointing.resolve_resume(str(tmp_path / "checkpoint-2"), tmp_path, with_ema=True)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "a_file").write_text("")
+    (tmp / "not_a_checkpoint").mkdir()
+    broken = tmp / "out" / "checkpoint-3"
+    (broken / "ema").mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.bin", "scheduler.bin", "ema/config.json",
+                 "ema/diffusion_pytorch_model.safetensors"):
+        (broken / name).write_bytes(b"garbage")
+    return [
+        (["--dataset", str(tmp / "missing.npy")], "missing.npy: image file not found"),
+        (["--model_config", "gigantic"], "--model_config: unknown model preset 'gigantic'"),
+        (["--model_config", str(tmp / "unet.json")], "unet.json"),
+        (["--output_dir", str(tmp / "a_file" / "out")], f"--output_dir {tmp / 'a_file' / 'out'} is not writable"),
+        (["--resume_from_checkpoint", str(tmp / "not_a_checkpoint")], "not_a_checkpoint is not a checkpoint folder"),
+        (["--resume_from_checkpoint", str(tmp / "nowhere")], "nowhere: no such checkpoint folder"),
+        (["--resume_from_checkpoint", "latest"], "checkpoint-3 is corrupted"),
+        (["--context_dropout", "1.5"], "--context_dropout must be between 0 and 1"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys):
+    flags, message = _bad_inputs(tmp_path)[case]
+    args = tiny_args(sprites, tmp_path / "out", "--max_train_steps", "1") + flags
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -1,0 +1,433 @@
+#!/usr/bin/env python
+"""Train the sprite U-Net on a laptop CPU, one GPU or many.
+
+    accelerate launch --config_file training/configs/cpu.yaml training/train.py --output_dir runs/sprites
+
+(plain ``python training/train.py`` works too). Flags follow diffusers'
+examples/unconditional_image_generation/train_unconditional.py where they apply. The loop is the course's:
+draw t uniformly in 1..T, noise the sprite with the correct x_t = sqrt(ab) x0 + sqrt(1 - ab) noise, and
+regress the noise with MSE; each context vector is zeroed with probability --context_dropout, so the zero
+vector means "any sprite" and guidance works. The whole dataset sits on the device as one tensor; the data
+loader only deals out batches of indices (accelerate gives every process its own shard), so there is no
+per-sample Python work. Output: the pipeline in the diffusers layout with EMA weights, a model card, and
+optionally a push to the Hub. Checkpoints are atomic (see checkpointing.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, sys.path[0] is training/, whose datasets.py would shadow Hugging Face `datasets`.
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "training":
+    sys.path[0] = str(ROOT)
+elif str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.logging import get_logger  # noqa: E402
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed  # noqa: E402
+from diffusers import UNet2DModel  # noqa: E402
+from diffusers.optimization import SchedulerType, get_scheduler  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from model import NoiseSchedule, SpritePipeline, make_scheduler, unet_timestep  # noqa: E402
+from model.unet import build_unet  # noqa: E402
+from training import checkpointing, hub  # noqa: E402
+from training.datasets import DatasetError, add_dataset_args, dataset_from_args  # noqa: E402
+from training.sample_grid import context_grid, save_grid  # noqa: E402
+
+logger = get_logger(__name__)
+PRIVATE_ARGS = ("hub_token", "output_dir", "logging_dir")  # never in the card, the logs or training_args.json
+
+
+class ConfigError(ValueError):
+    """A bad flag value; the message names the flag."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(p)
+    p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="base",
+                   help="model size preset (tiny, small, base, base-noattn, medium, large) or a UNet config .json")
+    p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible training")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train_batch_size", type=int, default=100, help="batch size per process")
+    g.add_argument("--num_epochs", type=int, default=100)
+    g.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_epochs")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--learning_rate", type=float, default=5e-4)
+    g.add_argument("--lr_scheduler", default="cosine",
+                   choices=[s.value for s in SchedulerType if s.value != "piecewise_constant"])
+    g.add_argument("--lr_warmup_steps", type=int, default=100)
+    g.add_argument("--adam_beta1", type=float, default=0.95)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=1e-6)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--context_dropout", type=float, default=0.1,
+                   help="probability of zeroing a sample's context (the unconditional case guidance needs)")
+    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep an exponential moving average of the weights and export it (default on)")
+    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    g.add_argument("--ema_power", type=float, default=3 / 4)
+    g.add_argument("--ema_max_decay", type=float, default=0.9999)
+    g = p.add_argument_group("speed")
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: the accelerate config's setting")
+    g.add_argument("--channels_last", action="store_true", help="channels-last memory format (GPUs)")
+    g.add_argument("--torch_compile", action="store_true", help="compile the U-Net with torch.compile")
+    g = p.add_argument_group("checkpoints, samples and logs")
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="0 turns checkpoints off")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
+    g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
+    g.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps; 0 = only at the end")
+    g.add_argument("--samples_per_context", type=int, default=8, help="sprites per context (row) in the grid")
+    g.add_argument("--sample_steps", type=int, default=50, help="denoising steps for the grid")
+    g.add_argument("--sample_sampler", choices=["ddim", "ddpm"], default="ddim")
+    g.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
+    g.add_argument("--logging_dir", default="logs", help="under --output_dir")
+    g.add_argument("--logging_steps", type=int, default=10, help="log loss, learning rate and images/s every N steps")
+    g.add_argument("--eval_samples", type=int, default=0,
+                   help="sprites per context for training/evaluate.py at the end (0 = skip)")
+    g = p.add_argument_group("hub")
+    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--push_at_checkpoints", action="store_true", help="also push the EMA pipeline at checkpoints")
+    g.add_argument("--hub_model_id", default=None, help="OWNER/NAME (default: the output folder's name)")
+    g.add_argument("--hub_private_repo", action="store_true")
+    g.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login (safer)")
+    g.add_argument("--model_license", default=None,
+                   help="licence in the card (default: gpl-2.0 for the bundled data, else 'other')")
+    g = p.add_argument_group("debugging")
+    g.add_argument("--debug_record_indices", action="store_true",
+                   help="write the dataset indices each process trained on to seen_indices_rank<k>.json")
+    g.add_argument("--debug_step_delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: time to kill
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject bad values before anything slow happens; make sure the output folder is writable."""
+    positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "logging_steps",
+                "samples_per_context", "sample_steps"]
+    for name in positive + ["max_train_steps", "checkpoints_total_limit"]:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {value}")
+    for name in ("checkpointing_steps", "save_images_steps", "eval_samples", "lr_warmup_steps"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name} must not be negative, got {getattr(args, name)}")
+    if not 0 <= args.context_dropout <= 1:
+        raise ConfigError(f"--context_dropout must be between 0 and 1, got {args.context_dropout}")
+    if args.learning_rate <= 0:
+        raise ConfigError(f"--learning_rate must be positive, got {args.learning_rate}")
+    out = Path(args.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # a unique name: several processes may check at once
+            pass
+    except OSError as err:
+        raise ConfigError(f"--output_dir {out} is not writable: {err.strerror or err}") from None
+
+
+def noisy_batch(x0: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule, context_dropout: float,
+                hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training input: (x_t, course step t in 1..T, context with dropout, the noise to predict)."""
+    n = x0.shape[0]
+    if hflip:
+        flip = torch.rand(n, device=x0.device) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    if context_dropout > 0:
+        context = context * (torch.rand(n, device=x0.device) >= context_dropout)[:, None]
+    noise = torch.randn_like(x0)
+    t = torch.randint(1, schedule.num_steps + 1, (n,), device=x0.device)
+    return schedule.add_noise(x0, noise, t), t, context, noise
+
+
+class BatchIndices(torch.utils.data.Dataset):
+    """The numbers 0..n-1, fetched a whole batch at a time: images stay on the device, only indices travel."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return torch.tensor(indices)
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator else torch.cuda.is_available()
+
+
+def _as_is(batch: torch.Tensor) -> torch.Tensor:
+    return batch
+
+
+def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, context_names: list[str]) -> SpritePipeline:
+    """A fresh SpritePipeline holding a copy of the weights (the EMA ones when there is an EMA)."""
+    trained = accelerator.unwrap_model(unet)
+    copy = UNet2DModel.from_config(trained.config)
+    copy.load_state_dict(trained.state_dict())
+    if ema is not None:
+        ema.copy_to(copy.parameters())
+    pipe = SpritePipeline(copy.to(accelerator.device).eval(), make_scheduler(), context_names)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def evaluate(pipe: SpritePipeline, args: argparse.Namespace, output_dir: Path) -> dict | None:
+    """training/evaluate.py's evaluate_pipeline, when that module is there; results also go to eval/metrics.json."""
+    try:
+        from training.evaluate import evaluate_pipeline
+    except ImportError as err:
+        logger.warning(f"--eval_samples: training/evaluate.py is not usable ({err}); skipping evaluation")
+        return None
+    try:
+        results = evaluate_pipeline(pipe, args.dataset, num_per_context=args.eval_samples, seed=args.seed or 0)
+    except Exception as err:  # e.g. no judge for this dataset: the trained model matters more than its scores
+        logger.warning(f"evaluation failed, the card will have no scores: {type(err).__name__}: {err}")
+        return None
+    (output_dir / "eval").mkdir(exist_ok=True)
+    (output_dir / "eval" / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def public_settings(args: argparse.Namespace) -> dict:
+    """The flags as the card, TensorBoard and training_args.json show them: no token, no local paths."""
+    settings = {k: v for k, v in vars(args).items() if k not in PRIVATE_ARGS and not k.startswith("debug_")}
+    if settings["dataset"] != "default" and not settings["dataset"].startswith("hub:"):
+        settings["dataset"] = Path(settings["dataset"]).name
+    return settings
+
+
+def train(args: argparse.Namespace) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    for name in (__name__, "training"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    check_args(args)
+    output_dir = Path(args.output_dir)
+    resume = checkpointing.resolve_resume(args.resume_from_checkpoint, output_dir, with_ema=args.use_ema)
+    dataset = dataset_from_args(args)
+    names = dataset.context_names
+    if args.seed is not None:
+        set_seed(args.seed)  # the same initial weights on every process and in every run with this seed
+    try:
+        unet = build_unet(len(names), args.model_config, args.resolution)
+    except ValueError as err:
+        raise ConfigError(f"--model_config: {err}") from None
+
+    try:
+        accelerator = Accelerator(
+            # Several processes and no GPU: train on the CPU over gloo (accelerate would run each one alone).
+            cpu=not _has_accelerator(),
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            mixed_precision=args.mixed_precision,
+            log_with=None if args.logger == "none" else args.logger,
+            project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                                logging_dir=str(output_dir / args.logging_dir)),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed or 0),
+        )
+    except ValueError as err:  # e.g. fp16 where the device has none
+        raise ConfigError(f"accelerate cannot run this setup: {err}") from None
+    logger.info(f"{accelerator.distributed_type} with {accelerator.num_processes} process(es) on "
+                f"{accelerator.device}, mixed precision {accelerator.mixed_precision}", main_process_only=True)
+    if args.hub_token:
+        logger.warning("--hub_token shows in process listings; HF_TOKEN or `hf auth login` keep it private")
+    if args.seed is not None:
+        set_seed(args.seed, device_specific=True)  # but different noise on each process
+    if accelerator.is_main_process:
+        checkpointing.remove_stale_temporaries(output_dir)
+        if resume is None and checkpointing.list_checkpoints(output_dir):
+            logger.warning(f"{output_dir} holds checkpoints of an earlier run; they are replaced as this run saves. "
+                           "Use --resume_from_checkpoint latest to continue that run instead.")
+
+    device = accelerator.device
+    images, contexts = dataset.images.to(device), dataset.contexts.to(device)
+    # Its own generator: starting an epoch must not draw from the global RNG, or a resumed run would drift.
+    loader = accelerator.prepare(torch.utils.data.DataLoader(
+        BatchIndices(len(dataset)), batch_size=args.train_batch_size, shuffle=True, collate_fn=_as_is,
+        generator=torch.Generator().manual_seed(args.seed or 0)))
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
+                       power=args.ema_power, model_cls=UNet2DModel, model_config=unet.config)
+        ema.to(device)
+        checkpointing.register_ema(accelerator, ema)
+    if args.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    # The prepared scheduler steps once per process per optimizer step.
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if args.torch_compile:
+        unet.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
+
+    global_step = 0
+    if resume is not None:
+        global_step = checkpointing.load_checkpoint(accelerator, resume)
+        logger.info(f"resuming from {resume.name} at step {global_step}", main_process_only=True)
+    if accelerator.is_main_process:
+        settings = public_settings(args)
+        (output_dir / "training_args.json").write_text(json.dumps(settings, indent=2))
+        accelerator.init_trackers("train", config={k: v if isinstance(v, int | float | str | bool) else str(v)
+                                                   for k, v in settings.items()})
+
+    schedule = NoiseSchedule(make_scheduler())
+    schedule.alpha_bar = schedule.alpha_bar.to(device)
+    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(f"{len(dataset)} sprites, {len(names)} contexts ({', '.join(names)}); {max_steps} steps of "
+                f"{global_batch} images ({num_epochs} epochs); "
+                f"{sum(p.numel() for p in unet.parameters()):,} parameters", main_process_only=True)
+    progress = tqdm(total=max_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
+    seen: list[list[int]] = []
+    loss_sum, loss_count, window_images, window_start = torch.zeros((), device=device), 0, 0, time.perf_counter()
+    run_images, run_start, first_step = 0, None, global_step
+    first_epoch, skip = divmod(global_step, steps_per_epoch)
+    unet.train()
+    for epoch in range(first_epoch, num_epochs):
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip * args.gradient_accumulation_steps) if skip else loader
+        skip = 0
+        for idx in batches:
+            if args.debug_record_indices:
+                seen.append(idx.tolist())
+            x0 = images[idx]
+            noisy, t, context, noise = noisy_batch(x0, contexts[idx], schedule, args.context_dropout, dataset.hflip)
+            if args.channels_last:
+                noisy = noisy.contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(unet):
+                predicted = unet(noisy, unet_timestep(t), class_labels=context).sample
+                loss = F.mse_loss(predicted.float(), noise.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            loss_count += 1
+            window_images += len(idx)
+            if run_start is not None:
+                run_images += len(idx) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            if ema is not None:
+                ema.step(unet.parameters())
+            if run_start is None:  # images/s over the run leaves out the first (warm-up, compile) step
+                run_start = time.perf_counter()
+
+            if global_step % args.logging_steps == 0 or global_step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                logs = {"loss": accelerator.reduce(loss_sum / loss_count, "mean").item(),
+                        "lr": lr_scheduler.get_last_lr()[0],
+                        "images_per_sec": window_images * accelerator.num_processes / elapsed}
+                progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_sec']:.0f}")
+                accelerator.log({**logs, "epoch": epoch}, step=global_step)
+                loss_sum.zero_()
+                loss_count, window_images, window_start = 0, 0, time.perf_counter()
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                saved = checkpointing.save_checkpoint(accelerator, output_dir, global_step,
+                                                      args.checkpoints_total_limit)
+                logger.info(f"saved {saved.name}", main_process_only=True)
+            if accelerator.is_main_process and global_step < max_steps and (
+                    (args.save_images_steps and global_step % args.save_images_steps == 0)
+                    or (args.push_at_checkpoints and args.checkpointing_steps
+                        and global_step % args.checkpointing_steps == 0)):
+                save_outputs(accelerator, unet, ema, names, args, global_step, final=False)
+            if args.debug_step_delay:
+                time.sleep(args.debug_step_delay)
+            if global_step >= max_steps:
+                break
+        if global_step >= max_steps:
+            break
+
+    progress.close()
+    if args.debug_record_indices:
+        path = output_dir / f"seen_indices_rank{accelerator.process_index}.json"
+        path.write_text(json.dumps(seen))
+    accelerator.wait_for_everyone()
+    code = 0
+    if accelerator.is_main_process:
+        run_time = time.perf_counter() - (run_start or time.perf_counter())
+        summary = {"steps": global_step, "epochs": num_epochs, "global batch": global_batch,
+                   "images per second": round(run_images / run_time, 1) if run_images else None,
+                   "steps this session": global_step - first_step,
+                   "processes": accelerator.num_processes, "device": str(device.type),
+                   "mixed precision": str(accelerator.mixed_precision)}
+        logger.info(f"trained to step {global_step}: {summary['images per second']} images/s")
+        code = save_outputs(accelerator, unet, ema, names, args, global_step, final=True, summary=summary)
+    accelerator.end_training()
+    return code
+
+
+def save_outputs(accelerator: Accelerator, unet, ema: EMAModel | None, names: list[str], args: argparse.Namespace,
+                 step: int, final: bool, summary: dict | None = None) -> int:
+    """Main process: sample grid; at the end (or --push_at_checkpoints) the pipeline, card and push."""
+    output_dir = Path(args.output_dir)
+    pipe = export_pipeline(accelerator, unet, ema, names)
+    grid = context_grid(pipe, args.samples_per_context, args.sample_steps, args.sample_sampler)
+    save_grid(grid, output_dir / "samples" / f"step_{step:06d}.png")
+    if args.logger == "tensorboard":
+        accelerator.get_tracker("tensorboard").log_images({"samples": grid[None]}, step=step, dataformats="NHWC")
+    pushing = args.push_to_hub and (final or args.push_at_checkpoints)
+    if not (final or pushing):
+        return 0
+    save_grid(grid, output_dir / "samples.png")
+    pipe.save_pretrained(output_dir)
+    eval_results = evaluate(pipe, args, output_dir) if final and args.eval_samples else None
+    repo_id = args.hub_model_id or output_dir.resolve().name
+    licence = args.model_license or ("gpl-2.0" if args.dataset == "default" else "other")
+    hub.write_model_card(output_dir, context_names=names, resolution=args.resolution, dataset=args.dataset,
+                         settings=public_settings(args), summary=summary or {"steps": step}, license=licence,
+                         repo_id=repo_id if args.push_to_hub else None, eval_results=eval_results)
+    logger.info(f"saved the pipeline (step {step}) to {output_dir}")
+    if not pushing:
+        return 0
+    try:
+        pushed = hub.push_folder(output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo,
+                                 commit_message=f"Sprite diffusion model, step {step}")
+    except hub.PushError as err:
+        logger.error(f"{err}. The trained model is kept in {output_dir}; retry with: "
+                     f"python -m training.hub {output_dir} --hub_model_id {repo_id}")
+        return 1
+    logger.info(f"pushed step {step} to {pushed}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except (ConfigError, DatasetError, checkpointing.CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
