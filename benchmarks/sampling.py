@@ -1,0 +1,91 @@
+"""Sampling speed: our pipeline against a naive diffusers loop on the same weights.
+
+The baseline is what diffusers' DDPMPipeline does: an eager fp32 U-Net call and the
+scheduler's ``step`` at every step. Ours is SpritePipeline with its fast path
+(torch.compile, optional bf16). Both run here, in this process, on the same machine.
+
+    python benchmarks/sampling.py                 # CPU, 2 threads, like a free Space
+    python benchmarks/sampling.py --device cuda   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import best_time, forward_flops, machine_name, peak_flops  # noqa: E402
+from model import load_pipeline  # noqa: E402
+
+
+def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
+    """DDPMPipeline's loop: eager U-Net, scheduler.step, every step."""
+    generator = torch.Generator().manual_seed(seed)
+    size = pipe.unet.config.sample_size
+    sample = torch.randn(context.shape[0], 3, size, size, generator=generator).to(pipe.device)
+    scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            noise = pipe.unet(sample, t.to(pipe.device), class_labels=context).sample
+            sample = scheduler.step(noise, t, sample, generator=generator).prev_sample
+    return sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (a free Space has 2 cores)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--runs", nargs="+", default=["ddpm:500", "ddim:50"], help="sampler:steps pairs")
+    parser.add_argument("--bf16", action="store_true", help="our path with bf16 autocast")
+    parser.add_argument("--no_compile", action="store_true", help="our path without torch.compile")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    pipe = load_pipeline(args.model, device=str(device))
+    fast = load_pipeline(args.model, device=str(device))
+    fast.enable_fast_sampling(compile=not args.no_compile, bf16=args.bf16)
+    names, size = pipe.context_names, pipe.unet.config.sample_size
+    dtype = "bf16" if args.bf16 else "fp32"
+    peak, peak_how = peak_flops(device, dtype)
+    flops_per_image = forward_flops(pipe.unet, 1, size, len(names))
+    ours_how = f"SpritePipeline, {'eager' if args.no_compile else 'torch.compile'}, {dtype}"
+    print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
+    print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
+          f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode)")
+    print(f"baseline: eager fp32 U-Net + diffusers scheduler.step per step; ours: {ours_how}\n")
+    print("| sampler | steps | sprites | baseline s | ours s | speed-up | ours ms/step | ours img/s | "
+          "ours % of peak | first call (compile) s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for run in args.runs:
+        sampler, steps = run.split(":")
+        steps = int(steps)
+        if sampler == "ddpm":
+            scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        else:
+            scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+        for batch in args.batches:
+            context = torch.eye(len(names), device=device)[torch.arange(batch) % len(names)]
+            repeats = 1 if steps >= 200 else 3
+            start = time.perf_counter()
+            fast(context, num_images=batch, num_inference_steps=2, sampler=sampler, seed=0)  # compiles here
+            warmup = time.perf_counter() - start
+            baseline = best_time(partial(naive_sample, pipe, scheduler, context, steps), repeats, device,
+                                 warmup=repeats > 1)
+            ours = best_time(partial(fast, context, num_images=batch, num_inference_steps=steps, sampler=sampler,
+                                     seed=0), repeats, device, warmup=repeats > 1)
+            share = flops_per_image * batch * steps / ours / peak
+            print(f"| {sampler} | {steps} | {batch} | {baseline:.2f} | {ours:.2f} | {baseline / ours:.1f}x | "
+                  f"{ours / steps * 1000:.1f} | {batch / ours:.1f} | {share:.1%} | {warmup:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Training speed: training/train.py against a naive loop, on the same model and data.
+
+The baseline is the course's loop: a per-sample Dataset in a DataLoader, batch 100, fp32,
+eager. Ours is training/train.py itself (the whole dataset on the device, index batches,
+and on a GPU bf16, channels_last and torch.compile at a large batch), timed by its own
+images/s log, which leaves out the first (warm-up or compile) step.
+
+    python benchmarks/training.py                  # CPU
+    python benchmarks/training.py --device cuda    # GPU: adds --mixed_precision bf16 etc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine_name  # noqa: E402
+from model import NoiseSchedule, build_unet, make_scheduler, unet_timestep  # noqa: E402
+from training.datasets import load_dataset  # noqa: E402
+
+
+def naive_images_per_second(preset: str, steps: int, device: torch.device) -> float:
+    """The course's loop: DataLoader over single sprites, batch 100, fp32, eager."""
+    dataset = load_dataset("default")
+    names = dataset.context_names
+    unet = build_unet(len(names), preset).to(device).train()
+    schedule = NoiseSchedule(make_scheduler())
+    alpha_bar_device = schedule.alpha_bar.to(device)
+    schedule.alpha_bar = alpha_bar_device
+    optimizer = torch.optim.Adam(unet.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True, drop_last=True)
+    done, images, start = 0, 0, None
+    while done < steps + 1:
+        for x0, context in loader:
+            x0, context = x0.to(device), context.to(device)
+            noise = torch.randn_like(x0)
+            t = torch.randint(1, schedule.num_steps + 1, (x0.shape[0],), device=device)
+            predicted = unet(schedule.add_noise(x0, noise, t), unet_timestep(t), class_labels=context).sample
+            loss = F.mse_loss(predicted, noise)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == 1:  # leave out the warm-up step, as train.py does
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            else:
+                images += x0.shape[0]
+            if done == steps + 1:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return images / (time.perf_counter() - start)
+
+
+def ours_images_per_second(preset: str, steps: int, extra: list[str]) -> float:
+    """Run training/train.py for `steps` steps and read its images/s."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, str(ROOT / "training" / "train.py"), "--dataset", "default", "--model_config",
+                   preset, "--max_train_steps", str(steps), "--output_dir", out, "--checkpointing_steps", "0",
+                   "--save_images_steps", "0", "--logger", "none", "--no-use_ema", "--seed", "0", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    found = re.search(r"trained to step \d+: ([\d.]+) images/s", result.stdout + result.stderr)
+    if result.returncode != 0 or not found:
+        raise SystemExit(f"train.py failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return float(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--presets", nargs="+", default=["small"])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    parser.add_argument("--batch", type=int, default=None, help="our batch (default: 100 on CPU, 2048 on GPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    batch = args.batch or (2048 if gpu else 100)
+    extra = ["--train_batch_size", str(batch)]
+    extra += ["--mixed_precision", "bf16", "--channels_last", "--torch_compile"] if gpu else []
+    print(f"machine: {machine_name(device)}")
+    print(f"baseline: per-sample DataLoader, batch 100, fp32, eager; ours: train.py {' '.join(extra)}\n")
+    print("| model | baseline img/s | ours img/s | speed-up |")
+    print("| --- | --- | --- | --- |")
+    for preset in args.presets:
+        baseline = naive_images_per_second(preset, args.steps, device)
+        ours = ours_images_per_second(preset, args.steps, extra)
+        print(f"| {preset} | {baseline:.0f} | {ours:.0f} | {ours / baseline:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""The judge and the evaluation figures, on a synthetic dataset of coloured shapes (one shape per context)."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from model import SpritePipeline, build_unet, make_scheduler
+from training.evaluate import (
+    MEMORISATION_THRESHOLD,
+    Evaluator,
+    evaluate_pipeline,
+    frechet_distance,
+    nearest_distances,
+    parse_run,
+)
+from training.judge import (
+    JudgeError,
+    class_labels,
+    judge_outputs,
+    load_judge,
+    save_judge,
+    stratified_split,
+    to_uint8_images,
+    train_judge,
+)
+
+NAMES = ["square", "ring", "cross"]
+REQUIRED_FIELDS = {
+    "model", "dataset", "sampler", "steps", "guidance_scale", "num_per_context", "context_accuracy",
+    "context_accuracy_per_context", "judge_heldout_accuracy", "frechet_distance", "frechet_real_vs_real",
+    "frechet_ratio", "memorisation_rate", "memorisation_threshold", "memorisation_threshold_unit",
+    "memorisation_real_reference", "seconds", "machine",
+}
+
+
+@dataclass
+class ShapesDataset:
+    """Duck-types training.datasets.SpriteDataset: images (N, 3, R, R) in [-1, 1], one-hot contexts."""
+
+    images: torch.Tensor
+    contexts: torch.Tensor
+    context_names: list
+
+
+def make_shapes(per_class: int = 70, seed: int = 0) -> ShapesDataset:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:16, :16]
+    images, labels = [], []
+    for label in range(len(NAMES)):
+        for _ in range(per_class):
+            img = np.full((16, 16, 3), (40, 30, 50), np.uint8)
+            cy, cx, r = rng.integers(5, 11), rng.integers(5, 11), rng.integers(3, 5)
+            if label == 0:
+                mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+            elif label == 1:
+                mask = abs(np.hypot(yy - cy, xx - cx) - r + 0.5) <= 0.8
+            else:
+                mask = ((abs(yy - cy) <= r) & (abs(xx - cx) <= 1)) | ((abs(xx - cx) <= r) & (abs(yy - cy) <= 1))
+            img[mask] = rng.integers(90, 256, 3)
+            images.append(img)
+            labels.append(label)
+    images = np.stack(images)
+    floats = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return ShapesDataset(floats, torch.eye(len(NAMES))[labels], list(NAMES))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small convolutions run fastest on one thread; on a busy CPU two threads were 10-100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return make_shapes()
+
+
+@pytest.fixture(scope="module")
+def judge_dir(shapes, tmp_path_factory):
+    judge, config = train_judge(to_uint8_images(shapes.images), class_labels(shapes.contexts), NAMES,
+                                epochs=10, batch_size=16, log_every=0)
+    folder = tmp_path_factory.mktemp("judge")
+    save_judge(judge, config, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluator(shapes, judge_dir):
+    return Evaluator(shapes, judge_dir, name="shapes")
+
+
+# ---- building blocks -------------------------------------------------------------------
+def test_frechet_distance_matches_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20000, 3))
+    b = rng.normal(size=(20000, 3)) * 2 + np.array([1.0, 0, 0])
+    # N(0, I) vs N(m, 4I): |m|^2 + sum (1 - 2)^2 = 1 + 3
+    assert frechet_distance(a, b) == pytest.approx(4.0, rel=0.05)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # weights act like repetition: weight 2 on the first half == the first half listed twice
+    x = rng.normal(size=(40, 3))
+    w = np.r_[np.full(20, 2.0), np.ones(20)]
+    assert frechet_distance(x, b[:500], w) == pytest.approx(frechet_distance(np.r_[x[:20], x], b[:500]), rel=0.05)
+
+
+def test_frechet_distance_handles_rank_deficient_features():
+    rng = np.random.default_rng(1)
+    a = np.c_[rng.normal(size=(10, 2)), np.zeros((10, 30))]  # 10 samples in 32 dims
+    value = frechet_distance(a, a + 1.0)
+    assert np.isfinite(value) and value == pytest.approx(32.0, rel=1e-6)
+
+
+def test_nearest_distances_count_copies_and_mirrors():
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    shifted = np.clip(ref[:1].astype(int) + 10, 0, 255).astype(np.uint8)
+    samples = np.concatenate([ref[:2], ref[2:3, :, ::-1], shifted])
+    d = nearest_distances(samples, ref)
+    assert d[:3] == pytest.approx(0.0, abs=1e-9)
+    exact = np.sqrt(((shifted.astype(float) - ref[:1]) ** 2).mean())
+    assert d[3] == pytest.approx(exact) and 0 < d[3] <= 10
+
+
+def test_stratified_split_is_seeded_disjoint_and_covers_every_class():
+    labels = np.repeat([0, 1, 2], [50, 7, 2])
+    rest, part = stratified_split(labels, 0.15, seed=0)
+    again = stratified_split(labels, 0.15, seed=0)
+    assert np.array_equal(rest, again[0]) and np.array_equal(part, again[1])
+    assert not set(rest) & set(part) and len(rest) + len(part) == len(labels)
+    assert set(labels[part]) == set(labels[rest]) == {0, 1, 2}
+    assert not np.array_equal(part, stratified_split(labels, 0.15, seed=1)[1])
+
+
+def test_class_labels_take_the_first_context_and_reject_empty_vectors():
+    assert class_labels(np.array([[0, 1, 0], [1, 0, 1], [0, 0.2, 0.8]])).tolist() == [1, 0, 2]
+    with pytest.raises(JudgeError, match="all-zero"):
+        class_labels(np.array([[0, 0, 0]]))
+
+
+# ---- the judge ----------------------------------------------------------------------------
+def test_judge_learns_the_shapes_and_round_trips(shapes, judge_dir):
+    judge, config = load_judge(judge_dir)
+    assert config["context_names"] == NAMES and config["heldout_accuracy"] >= 0.9
+    assert sorted(p.name for p in judge_dir.iterdir()) == ["config.json", "model.safetensors"]
+    split = stratified_split(class_labels(shapes.contexts), config["heldout_fraction"], config["split_seed"])
+    assert (config["num_train"], config["num_heldout"]) == (len(split[0]), len(split[1]))
+    pred, feats = judge_outputs(judge, to_uint8_images(shapes.images[:8]))
+    pred2, feats2 = judge_outputs(load_judge(judge_dir)[0], to_uint8_images(shapes.images[:8]))
+    assert np.array_equal(pred, pred2) and np.allclose(feats, feats2)
+    assert feats.shape == (8, config["architecture"]["feature_dim"])
+
+
+def test_broken_judge_folders_give_clear_errors(tmp_path, judge_dir):
+    with pytest.raises(JudgeError, match="missing config.json"):
+        load_judge(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes((judge_dir / "model.safetensors").read_bytes())
+    with pytest.raises(JudgeError, match="config.json is not a judge config"):
+        load_judge(tmp_path)
+    config = json.loads((judge_dir / "config.json").read_text())
+    config["architecture"]["feature_dim"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(JudgeError, match="weights do not match"):
+        load_judge(tmp_path)
+
+
+# ---- the figures on known inputs -------------------------------------------------------------
+def test_real_heldout_sprites_score_like_real_data(evaluator):
+    held = evaluator.heldout_idx
+    scores = evaluator.score(evaluator.real[held], evaluator.labels[held])
+    assert scores["context_accuracy"] == pytest.approx(scores["judge_heldout_accuracy"])
+    assert scores["context_accuracy"] >= 0.9
+    assert scores["memorisation_rate"] == 1.0  # held-out sprites are in the data the copies are sought in
+    # real half A against real half B is what the reference measures
+    half_a = evaluator.half_a
+    scores = evaluator.score(evaluator.real[half_a], evaluator.labels[half_a])
+    assert scores["frechet_samples"] == len(half_a)
+    assert scores["frechet_ratio"] == pytest.approx(1.0)  # same sprites, same footing: exactly the reference
+
+
+def test_copies_count_as_memorised_and_noise_is_far_from_real(evaluator):
+    train = evaluator.train_idx[:30]
+    copies = evaluator.score(evaluator.real[train][:, :, ::-1], evaluator.labels[train])  # mirrored copies
+    assert copies["memorisation_rate"] == 1.0 and copies["nearest_distance_median"] == 0.0
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    scores = evaluator.score(noise, np.arange(60) % 3)
+    assert scores["memorisation_rate"] == 0.0
+    assert scores["frechet_ratio"] > 10
+    # slightly perturbed copies still count, within the stated threshold
+    jitter = np.clip(evaluator.real[train].astype(int) + rng.integers(-6, 7, (30, 16, 16, 3)), 0, 255)
+    assert evaluator.score(jitter.astype(np.uint8), evaluator.labels[train])["memorisation_rate"] == 1.0
+
+
+def test_leave_one_out_distances_skip_only_the_sprite_itself():
+    rng = np.random.default_rng(2)
+    sprites = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    sprites[0] = np.concatenate([sprites[0, :, :8], sprites[0, :, :8][:, ::-1]], axis=1)  # mirror-symmetric
+    sprites[3] = sprites[1, :, ::-1]  # the mirror image of another sprite
+    d = nearest_distances(sprites)
+    assert d[0] > 50 and d[2] > 50  # its own mirror image does not count
+    assert d[1] == d[3] == 0.0
+
+
+def test_references_use_the_whole_dataset_and_the_judges_unseen_sprites(evaluator):
+    near = nearest_distances(evaluator.real)
+    assert evaluator.memorisation_reference == pytest.approx((near <= MEMORISATION_THRESHOLD).mean())
+    half_a, half_b = set(evaluator.half_a), set(evaluator.half_b)
+    assert half_a | half_b == set(evaluator.heldout_idx) and not half_a & half_b
+
+
+# ---- whole runs on a tiny untrained model ------------------------------------------------------
+def tiny_pipe(names=NAMES):
+    torch.manual_seed(0)
+    return SpritePipeline(build_unet(len(names), "tiny"), make_scheduler(), list(names))
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 3), ("ddim", 2)])
+def test_evaluate_pipeline_reports_every_field(shapes, judge_dir, sampler, steps):
+    result = evaluate_pipeline(tiny_pipe(), dataset=shapes, num_per_context=5, sampler=sampler,
+                               num_inference_steps=steps, batch_size=4, judge_dir=judge_dir)
+    assert REQUIRED_FIELDS <= set(result)
+    json.dumps(result)  # JSON-ready
+    assert (result["sampler"], result["steps"], result["num_per_context"]) == (sampler, steps, 5)
+    assert set(result["context_accuracy_per_context"]) == set(NAMES)
+    assert all(0 <= v <= 1 for v in result["context_accuracy_per_context"].values())
+    assert result["context_accuracy"] == pytest.approx(np.mean(list(result["context_accuracy_per_context"].values())))
+    assert result["frechet_distance"] > 0 and result["frechet_real_vs_real"] > 0
+    assert result["frechet_ratio"] == pytest.approx(result["frechet_distance"] / result["frechet_real_vs_real"])
+    assert result["frechet_samples"] == 15  # 5 per context: fewer than each real half holds
+    assert 0 <= result["memorisation_rate"] <= 1 and result["memorisation_threshold"] > 0
+    assert result["seconds"] > 0 and result["machine"]["cpu"]
+
+
+def test_runs_are_seeded(evaluator):
+    a = evaluator.run(tiny_pipe(), num_per_context=2, sampler="ddim", num_inference_steps=2, seed=3)
+    b = evaluator.run(tiny_pipe(), num_per_context=2, sampler="ddim", num_inference_steps=2, seed=3)
+    assert a["frechet_distance"] == b["frechet_distance"]
+    assert a["nearest_distance_median"] == b["nearest_distance_median"]
+
+
+def test_mismatched_contexts_and_bad_arguments_are_refused(shapes, judge_dir, evaluator):
+    with pytest.raises(JudgeError, match=r"judge for contexts \['square', 'ring', 'cross'\] cannot judge a model "
+                                         r"with contexts \['a', 'b'\]"):
+        evaluator.run(tiny_pipe(["a", "b"]), num_per_context=1, num_inference_steps=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluator.run(tiny_pipe(), num_per_context=1, num_inference_steps=1, batch_size=65)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        evaluator.run(tiny_pipe(), num_per_context=1, num_inference_steps=0)
+    other = make_shapes(per_class=20, seed=5)  # same contexts, other sprites: the judge's split is void
+    with pytest.raises(JudgeError, match="trained on other sprites"):
+        Evaluator(other, judge_dir)
+
+
+def test_parse_run():
+    assert parse_run("ddim:50") == ("ddim", 50, None)
+    assert parse_run("ddpm:500:3") == ("ddpm", 500, 3.0)
+    for bad in ("ddim", "euler:50", "ddim:fifty", "ddim:5:x:1"):
+        with pytest.raises(Exception, match="SAMPLER:STEPS"):
+            parse_run(bad)
+
+
+# ---- the command lines ----------------------------------------------------------------------------
+def test_judge_and_evaluate_command_lines(shapes, tmp_path, capsys):
+    from training import evaluate, judge
+
+    np.save(tmp_path / "sprites.npy", to_uint8_images(shapes.images))
+    np.save(tmp_path / "labels.npy", shapes.contexts.numpy())
+    data = ["--dataset", str(tmp_path / "sprites.npy"), "--context_names", ",".join(NAMES)]
+    judge.main([*data, "--output", str(tmp_path / "judge"), "--epochs", "2"])
+    assert json.loads((tmp_path / "judge" / "config.json").read_text())["dataset"]["spec"].endswith("sprites.npy")
+    tiny_pipe().save_pretrained(tmp_path / "model")
+    capsys.readouterr()
+    evaluate.main(["--model", str(tmp_path / "model"), *data, "--judge", str(tmp_path / "judge"),
+                   "--num_per_context", "2", "--runs", "ddpm:2", "ddim:1:2", "--json", str(tmp_path / "out.json")])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "out.json").read_text())
+    assert [(r["sampler"], r["steps"], r["guidance_scale"]) for r in printed] == [("ddpm", 2, 1.0), ("ddim", 1, 2.0)]
+    assert all(REQUIRED_FIELDS <= set(r) and r["model"] == str(tmp_path / "model") for r in printed)
+
+    with pytest.raises(SystemExit) as exit_info:  # another dataset's judge: a clear message, exit code 2
+        evaluate.main(["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "sprites.npy"),
+                       "--context_names", "a,b,c", "--judge", str(tmp_path / "judge"), "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert "judge for contexts ['square', 'ring', 'cross'] cannot judge dataset" in capsys.readouterr().err
+
+
+def test_bundled_judge_fits_the_bundled_dataset():
+    """Fails when data/sprites_dcss.npz changes without a retrained judge (python -m training.judge)."""
+    evaluator = Evaluator("default")
+    config = evaluator.judge_config
+    assert config["context_names"] == ["hero", "non-hero", "food", "spell", "item"]
+    assert evaluator.heldout_accuracy == pytest.approx(config["heldout_accuracy_per_context"])
+    assert min(evaluator.heldout_accuracy.values()) >= 0.6 and config["heldout_accuracy"] >= 0.8
+    assert 64 <= evaluator.real_features.shape[1] <= 128 and config["parameters"] < 200_000
+    assert 0 < evaluator.memorisation_reference < 0.1
