@@ -235,8 +235,6 @@ def test_model_source_falls_back_to_the_bundled_model_and_says_so(tiny_dir, tmp_
     demo.close()
 
 
-@pytest.mark.skipif(not (model.loading.DEFAULT_MODEL_DIR / "model_index.json").is_file(),
-                    reason="the bundled model (model/default) is not there yet")
 def test_bundled_model_with_the_page_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("MODEL_ID", raising=False)
     try:

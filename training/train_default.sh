@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/default-small}
 accelerate launch --config_file training/configs/cpu.yaml training/train.py \
   --dataset default --resolution 16 --model_config small \
-  --train_batch_size 128 --max_train_steps 4500 \
+  --train_batch_size 128 --max_train_steps 10000 \
   --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 200 \
   --use_ema --context_dropout 0.1 --seed 0 \
   --checkpointing_steps 500 --checkpoints_total_limit 2 \
