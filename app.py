@@ -22,6 +22,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from gradio import route_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, to_uint8, upscale  # noqa: E402
@@ -52,6 +53,9 @@ LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
 LIVE_WIDTH, FINAL_WIDTH = 160, 560
 STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
 QUEUE_SIZE = 16
+# gradio decodes an upload before any check of ours, and a small PNG can hold a huge blank canvas: PIL refuses
+# pictures over twice this many pixels (2048 x 2048), so one upload cannot take gigabytes of memory.
+Image.MAX_IMAGE_PIXELS = 2048 * 2048 // 2
 PROGRESS = gr.Progress()  # the default gradio looks for; it is bound to each request when called
 CSS = """
 .pixelated img, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
@@ -382,6 +386,29 @@ def load_model() -> tuple[SpritePipeline, str]:
         pipe = load_pipeline(device=device)
         return pipe, f"⚠️ **Could not load MODEL_ID:** {err}. Running the bundled model instead."
     return pipe, f"**Model:** `{model_id}`" + (f" at revision `{revision}`" if revision else "") + "."
+
+
+_gradio_cleanup = route_utils.delete_files_created_by_app
+
+
+def _cleanup_on_snapshots(blocks: gr.Blocks, age: int | None) -> None:
+    """gradio's periodic deletion of generated files, run on copies of its file sets.
+
+    Requests add files to those sets while the deletion runs; gradio 6.31 loops over the live sets, fails with
+    "Set changed size during iteration", and its cleanup task then stops for good: files pile up on a busy Space.
+    """
+    live = blocks.temp_file_sets
+    before = [files.copy() for files in live]  # set.copy() holds the GIL: a consistent snapshot
+    blocks.temp_file_sets = [files.copy() for files in before]
+    try:
+        _gradio_cleanup(blocks, age)
+    finally:
+        left, blocks.temp_file_sets = blocks.temp_file_sets, live
+        for files, old, kept in zip(live, before, left, strict=True):
+            files -= old - kept
+
+
+route_utils.delete_files_created_by_app = _cleanup_on_snapshots  # where gradio's cleanup task looks it up
 
 
 def launch(demo: gr.Blocks, **kwargs):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -20,6 +21,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from safetensors import safe_open
 
 from .pipeline import SpritePipeline
 
@@ -31,6 +33,8 @@ REQUIRED_FILES = (
     "unet/diffusion_pytorch_model.safetensors",
 )
 ALLOWED_PATTERNS = ["*.json", "*.safetensors", "*.md"]
+# What save_pretrained writes; anything else would load other classes (and skip or randomise weights).
+COMPONENTS = {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
 
 
 class ModelLoadError(RuntimeError):
@@ -59,6 +63,22 @@ def _fetch(repo_id: str, revision: str | None, token: str | bool | None) -> Path
         raise ModelLoadError(f"{where}: download failed ({type(err).__name__}: {err})") from None
 
 
+def _weights_problem(unet: torch.nn.Module, weights_file: Path) -> str | None:
+    """diffusers leaves missing weights on the meta device and skips unknown ones: both mean a mismatch."""
+    with safe_open(weights_file, framework="pt") as f:
+        stored = set(f.keys())
+    expected = unet.state_dict()
+    missing, unknown = sorted(set(expected) - stored), sorted(stored - set(expected))
+    if missing or unknown:
+        listed = "; ".join(f"{what} {len(keys)} tensors ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                           for what, keys in (("missing", missing), ("unknown", unknown)) if keys)
+        return f"{weights_file.parent.name}/{weights_file.name} does not match unet/config.json: {listed}"
+    broken = [name for name, w in expected.items() if w.is_floating_point() and not torch.isfinite(w).all()]
+    if broken:
+        return f"the U-Net weights hold NaN or infinity in {len(broken)} tensors ({', '.join(broken[:3])})"
+    return None
+
+
 def load_pipeline(source: str | Path | None = None, revision: str | None = None,
                   token: str | bool | None = None, device: str | None = None) -> SpritePipeline:
     """Load from a local folder (default: the bundled model) or a Hub repo id.
@@ -81,11 +101,18 @@ def load_pipeline(source: str | Path | None = None, revision: str | None = None,
         raise ModelLoadError(f"model {source}: model_index.json is not valid JSON ({err})") from None
     if not isinstance(index, dict) or index.get("_class_name") != SpritePipeline.__name__:
         raise ModelLoadError(f"model {source}: model_index.json does not describe a {SpritePipeline.__name__}")
+    wrong = [f"{name} is {index.get(name)}, expected {expected}" for name, expected in COMPONENTS.items()
+             if index.get(name) != expected]
+    if wrong:
+        raise ModelLoadError(f"model {source}: model_index.json names other components ({'; '.join(wrong)})")
     try:
         pipe = SpritePipeline.from_pretrained(folder, use_safetensors=True)
     except Exception as err:  # diffusers raises many kinds here; the message is what matters
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"model {source}: cannot be loaded: {message}") from None
+    problem = _weights_problem(pipe.unet, folder / REQUIRED_FILES[3])
+    if problem:
+        raise ModelLoadError(f"model {source}: {problem}")
     if device:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -63,15 +63,6 @@ BAD_WEIGHTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads, and on busy shared cores they spin-wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_pipeline() -> SpritePipeline:
     torch.manual_seed(0)
     pipe = SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(), NAMES)

@@ -13,6 +13,7 @@ from training.evaluate import (
     Evaluator,
     evaluate_pipeline,
     frechet_distance,
+    markdown_table,
     nearest_distances,
     parse_run,
 )
@@ -65,15 +66,6 @@ def make_shapes(per_class: int = 70, seed: int = 0) -> ShapesDataset:
     images = np.stack(images)
     floats = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     return ShapesDataset(floats, torch.eye(len(NAMES))[labels], list(NAMES))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions run fastest on one thread; on a busy CPU two threads were 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +228,9 @@ def test_evaluate_pipeline_reports_every_field(shapes, judge_dir, sampler, steps
     assert result["frechet_samples"] == 15  # 5 per context: fewer than each real half holds
     assert 0 <= result["memorisation_rate"] <= 1 and result["memorisation_threshold"] > 0
     assert result["seconds"] > 0 and result["machine"]["cpu"]
+    table = markdown_table([result]).splitlines()
+    assert len(table) == 4 and table[2].startswith("| real held-out sprites (judge) |")
+    assert table[3].startswith(f"| {sampler.upper()} {steps} | {result['context_accuracy']:.3f} |")
 
 
 def test_runs_are_seeded(evaluator):

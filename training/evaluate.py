@@ -278,6 +278,26 @@ def parse_run(spec: str) -> tuple[str, int, float | None]:
                                          f"with SAMPLER one of {', '.join(SAMPLERS)}, e.g. ddim:50") from None
 
 
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The README's results table: one row per run, the judge's own figures on real sprites first."""
+    first = results[0]
+    names = list(first["context_accuracy_per_context"])
+    header = ["run", "context accuracy", *names, "Fréchet distance (ratio)", "memorisation", "seconds"]
+    real = ["real held-out sprites (judge)", f"{first['judge_heldout_accuracy']:.3f}",
+            *(f"{first['judge_heldout_accuracy_per_context'][n]:.3f}" for n in names),
+            f"{first['frechet_real_vs_real']:.2f} (1.0)", f"{first['memorisation_real_reference']:.1%}", ""]
+    rows = [real]
+    for r in results:
+        run = f"{r['sampler'].upper()} {r['steps']}" + (f", guidance {r['guidance_scale']:g}"
+                                                        if r["guidance_scale"] != 1 else "")
+        per_context = (f"{r['context_accuracy_per_context'][n]:.3f}" for n in names)
+        rows.append([run, f"{r['context_accuracy']:.3f}", *per_context,
+                     f"{r['frechet_distance']:.2f} ({r['frechet_ratio']:.1f}x)", f"{r['memorisation_rate']:.1%}",
+                     f"{r['seconds']:.0f}"])
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def main(argv: list[str] | None = None) -> None:
     from model import ModelLoadError, load_pipeline
     from training.datasets import DatasetError, add_dataset_args, dataset_from_args
@@ -299,7 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=MAX_IMAGES)
     parser.add_argument("--memorisation_threshold", type=float, default=MEMORISATION_THRESHOLD)
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--table_from", type=Path, default=None,
+                        help="print the Markdown results table of a saved --json file, and nothing else")
     args = parser.parse_args(argv)
+    if args.table_from:
+        saved = json.loads(args.table_from.read_text())
+        print(markdown_table(saved if isinstance(saved, list) else [saved]))
+        return
     try:
         pipe = load_pipeline(args.model, revision=args.revision, device=args.device)
         args.resolution = pipe.unet.config.sample_size if args.resolution is None else args.resolution

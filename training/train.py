@@ -307,6 +307,8 @@ def train(args: argparse.Namespace) -> int:
     loss_sum, loss_count, window_images, window_start = torch.zeros((), device=device), 0, 0, time.perf_counter()
     run_images, run_start, first_step = 0, None, global_step
     first_epoch, skip = divmod(global_step, steps_per_epoch)
+    if global_step >= max_steps:  # resumed from the last checkpoint (killed before the export): no extra step
+        first_epoch = num_epochs
     unet.train()
     for epoch in range(first_epoch, num_epochs):
         loader.set_epoch(epoch)
