@@ -24,15 +24,22 @@ from benchmarks.common import best_time, forward_flops, machine_name, peak_flops
 from model import load_pipeline  # noqa: E402
 
 
-def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
-    """DDPMPipeline's loop: eager U-Net, scheduler.step, every step."""
+def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int = 0,
+                 guidance_scale: float = 1.0) -> torch.Tensor:
+    """DDPMPipeline's loop: eager U-Net, scheduler.step, every step (guidance: one batched call, as ours)."""
     generator = torch.Generator().manual_seed(seed)
     size = pipe.unet.config.sample_size
     sample = torch.randn(context.shape[0], 3, size, size, generator=generator).to(pipe.device)
     scheduler.set_timesteps(steps)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            noise = pipe.unet(sample, t.to(pipe.device), class_labels=context).sample
+            if guidance_scale == 1.0:
+                noise = pipe.unet(sample, t.to(pipe.device), class_labels=context).sample
+            else:
+                both = pipe.unet(torch.cat([sample, sample]), t.to(pipe.device),
+                                 class_labels=torch.cat([context, torch.zeros_like(context)])).sample
+                conditional, unconditional = both.chunk(2)
+                noise = unconditional + guidance_scale * (conditional - unconditional)
             sample = scheduler.step(noise, t, sample, generator=generator).prev_sample
     return sample
 
@@ -46,6 +53,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["ddpm:500", "ddim:50"], help="sampler:steps pairs")
     parser.add_argument("--bf16", action="store_true", help="our path with bf16 autocast")
     parser.add_argument("--no_compile", action="store_true", help="our path without torch.compile")
+    parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance (2 = app default)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -58,6 +66,8 @@ def main() -> None:
     peak, peak_how = peak_flops(device, dtype)
     flops_per_image = forward_flops(pipe.unet, 1, size, len(names))
     ours_how = f"SpritePipeline, {'eager' if args.no_compile else 'torch.compile'}, {dtype}"
+    ours_how += f", guidance {args.guidance_scale:g} (one batched U-Net call of 2N inputs per step, both paths)" \
+        if args.guidance_scale != 1 else ""
     print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
     print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
           f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode)")
@@ -78,11 +88,11 @@ def main() -> None:
             start = time.perf_counter()
             fast(context, num_images=batch, num_inference_steps=2, sampler=sampler, seed=0)  # compiles here
             warmup = time.perf_counter() - start
-            baseline = best_time(partial(naive_sample, pipe, scheduler, context, steps), repeats, device,
-                                 warmup=repeats > 1)
+            naive = partial(naive_sample, pipe, scheduler, context, steps, 0, args.guidance_scale)
+            baseline = best_time(naive, repeats, device, warmup=repeats > 1)
             ours = best_time(partial(fast, context, num_images=batch, num_inference_steps=steps, sampler=sampler,
-                                     seed=0), repeats, device, warmup=repeats > 1)
-            share = flops_per_image * batch * steps / ours / peak
+                                     seed=0, guidance_scale=args.guidance_scale), repeats, device, warmup=repeats > 1)
+            share = flops_per_image * batch * (1 if args.guidance_scale == 1 else 2) * steps / ours / peak
             print(f"| {sampler} | {steps} | {batch} | {baseline:.2f} | {ours:.2f} | {baseline / ours:.1f}x | "
                   f"{ours / steps * 1000:.1f} | {batch / ours:.1f} | {share:.1%} | {warmup:.1f} |", flush=True)
 
