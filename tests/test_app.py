@@ -4,11 +4,13 @@ A tiny random model keeps this fast; the pictures are noise, but streaming, seed
 noise toggle, validation and the queue behave exactly as with the bundled model.
 """
 
+import contextlib
 import math
 import time
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -321,15 +323,19 @@ def test_full_queue_answers_busy_at_once(tiny_dir, tmp_path, monkeypatch):
     _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, download_files=str(tmp_path), analytics_enabled=False, verbose=False)
-        slow = {**FAST, "num_inference_steps": 500, "num_images": 64}
+        slow = {**FAST, "num_inference_steps": 500, "num_images": 16}
         running = client.submit(**slow, api_name="/generate")
         while running.status().code.name not in ("PROCESSING", "ITERATING"):
             time.sleep(0.05)
         waiting = client.submit(**slow, api_name="/generate")
-        time.sleep(0.5)
+        deadline = time.monotonic() + 60  # on a busy machine joining the queue can take a while
+        while waiting.status().code.name != "IN_QUEUE" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting.status().code.name == "IN_QUEUE", "the second request never reached the queue"
         with pytest.raises(Exception, match="(?i)queue is full"):
             client.predict(**FAST, api_name="/generate")
         for job in (waiting, running):
-            job.cancel()
+            with contextlib.suppress(httpx.TimeoutException):  # cleanup only: demo.close() ends them anyway
+                job.cancel()
     finally:
         demo.close()
