@@ -257,7 +257,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     compare_button = gr.Button("Compare: noise re-adding on vs off")
                 with gr.Column(scale=2):
                     with gr.Row():
-                        current = gr.Image(label="Current samples xₜ", format="png",
+                        current = gr.Image(label="Current samples xₜ", format="png", elem_id="live-samples",
                                            elem_classes=["pixelated", "fill"])
                         predicted = gr.Image(label="Predicted clean sprites x̂₀", format="png",
                                              elem_classes=["pixelated", "fill"])

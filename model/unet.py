@@ -52,6 +52,7 @@ def _levels(channels: tuple[int, ...], attention: bool) -> dict:
 PRESETS: dict[str, dict] = {
     "tiny": {**_levels((16, 32, 32), True), "layers_per_block": 1, "norm_num_groups": 8},
     "small": {**_levels((32, 64, 64), True), "layers_per_block": 1},
+    "small-noattn": {**_levels((32, 64, 64), False), "layers_per_block": 1},
     "base": {**_levels((32, 64, 128), True), "layers_per_block": 2},
     "base-noattn": {**_levels((32, 64, 128), False), "layers_per_block": 2},
     "medium": {**_levels((64, 128, 128), True), "layers_per_block": 2},
