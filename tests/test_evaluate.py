@@ -16,6 +16,7 @@ from training.evaluate import (
     markdown_table,
     nearest_distances,
     parse_run,
+    quality_bar_failures,
 )
 from training.judge import (
     JudgeError,
@@ -259,6 +260,18 @@ def test_parse_run():
     for bad in ("ddim", "euler:50", "ddim:fifty", "ddim:5:x:1"):
         with pytest.raises(Exception, match="SAMPLER:STEPS"):
             parse_run(bad)
+
+
+def test_quality_bar_names_every_figure_it_misses():
+    passing = {"context_accuracy": 0.9, "judge_heldout_accuracy": 0.866, "frechet_ratio": 3.0,
+               "memorisation_rate": 0.001, "context_accuracy_per_context": {"hero": 1.0, "food": 0.8}}
+    assert quality_bar_failures(passing) == []
+    failing = {**passing, "context_accuracy": 0.8, "frechet_ratio": 5.5, "memorisation_rate": 0.2,
+               "context_accuracy_per_context": {"hero": 1.0, "food": 0.6}}
+    failures = quality_bar_failures(failing)
+    assert len(failures) == 4
+    assert any("food accuracy 0.600" in f for f in failures) and any("5.5x" in f for f in failures)
+    assert not any("hero" in f for f in failures)
 
 
 # ---- the command lines ----------------------------------------------------------------------------

@@ -278,6 +278,22 @@ def parse_run(spec: str) -> tuple[str, int, float | None]:
                                          f"with SAMPLER one of {', '.join(SAMPLERS)}, e.g. ddim:50") from None
 
 
+def quality_bar_failures(result: dict[str, Any], lowest_context: float = 0.75, max_frechet_ratio: float = 5.0,
+                         max_memorisation: float = 0.10) -> list[str]:
+    """What a run misses of the quality bar (README, "The quality bar"); empty when it passes."""
+    failures = []
+    if result["context_accuracy"] < result["judge_heldout_accuracy"]:
+        failures.append(f"context accuracy {result['context_accuracy']:.3f} < the judge's "
+                        f"{result['judge_heldout_accuracy']:.3f} on real sprites")
+    failures += [f"{name} accuracy {value:.3f} < {lowest_context}"
+                 for name, value in result["context_accuracy_per_context"].items() if value < lowest_context]
+    if result["frechet_ratio"] > max_frechet_ratio:
+        failures.append(f"Fréchet ratio {result['frechet_ratio']:.1f}x > {max_frechet_ratio:g}x")
+    if result["memorisation_rate"] > max_memorisation:
+        failures.append(f"memorisation {result['memorisation_rate']:.1%} > {max_memorisation:.0%}")
+    return failures
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """The README's results table: one row per run, the judge's own figures on real sprites first."""
     first = results[0]
