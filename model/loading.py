@@ -34,6 +34,8 @@ REQUIRED_FILES = (
 )
 ALLOWED_PATTERNS = ["*.json", "*.safetensors", "*.md"]
 # What save_pretrained writes; anything else would load other classes (and skip or randomise weights).
+# Sprites, not photos: a config asking for more would make every request allocate huge tensors.
+MAX_SAMPLE_SIZE = 128
 COMPONENTS = {"unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
 
 
@@ -105,6 +107,13 @@ def load_pipeline(source: str | Path | None = None, revision: str | None = None,
              if index.get(name) != expected]
     if wrong:
         raise ModelLoadError(f"model {source}: model_index.json names other components ({'; '.join(wrong)})")
+    try:
+        sample_size = json.loads((folder / "unet" / "config.json").read_text()).get("sample_size")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ModelLoadError(f"model {source}: unet/config.json is not a JSON object ({err})") from None
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or not 1 <= sample_size <= MAX_SAMPLE_SIZE:
+        raise ModelLoadError(f"model {source}: unet/config.json sample_size must be a whole number of pixels "
+                             f"from 1 to {MAX_SAMPLE_SIZE}, got {sample_size!r}")
     try:
         pipe = SpritePipeline.from_pretrained(folder, use_safetensors=True)
     except Exception as err:  # diffusers raises many kinds here; the message is what matters

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hub_server import HubServer
 
+from model import SpritePipeline, build_unet, make_scheduler
+
 HUB_TOKEN = "test-token-must-never-be-printed"  # what the stand-in Hub accepts for writes
+NAMES = ["hero", "non-hero", "food", "spell", "item"]  # the default dataset's contexts
 
 
 @pytest.fixture
@@ -16,6 +21,15 @@ def hub_server():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A saved pipeline with a random tiny U-Net and the default contexts."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(), NAMES).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

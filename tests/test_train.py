@@ -28,7 +28,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
-from model import build_unet, load_pipeline, make_scheduler
+from model import SpritePipeline, build_unet, load_pipeline, make_scheduler
 from model.schedule import NoiseSchedule
 from training import checkpointing, train
 from training.checkpointing import CheckpointError
@@ -315,6 +315,31 @@ def test_full_disk_keeps_the_last_good_checkpoint(accelerator_parts, tmp_path, m
     assert before == {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()}
 
 
+def test_final_pipeline_save_never_mixes_old_and_new_files(tmp_path, monkeypatch):
+    names = ["a", "b"]
+    torch.manual_seed(0)
+    old, new = (SpritePipeline(build_unet(2, "tiny"), make_scheduler(), names) for _ in range(2))
+    checkpointing.save_pipeline(old, tmp_path)
+    (tmp_path / "checkpoint-5").mkdir()
+    original = old.save_pretrained
+
+    def killed_mid_save(folder):
+        original(folder)
+        (Path(folder) / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(new, "save_pretrained", killed_mid_save)
+    with pytest.raises(OSError):
+        checkpointing.save_pipeline(new, tmp_path)
+    kept = load_pipeline(tmp_path).unet.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in old.unet.state_dict().items())
+    monkeypatch.undo()
+    checkpointing.save_pipeline(new, tmp_path)
+    saved = load_pipeline(tmp_path).unet.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in new.unet.state_dict().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5", "model_index.json", "scheduler", "unet"]
+
+
 def test_interrupted_and_corrupted_checkpoints_are_never_taken_as_valid(accelerator_parts, tmp_path):
     accelerator, *_ = accelerator_parts
     for step in (1, 2, 3):
@@ -360,10 +385,11 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["--resume_from_checkpoint", str(tmp / "nowhere")], "nowhere: no such checkpoint folder"),
         (["--resume_from_checkpoint", "latest"], "checkpoint-3 is corrupted"),
         (["--context_dropout", "1.5"], "--context_dropout must be between 0 and 1"),
+        (["--resolution", "4096"], "--resolution must be from 1 to 128 pixels, got 4096"),
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(9))
 def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys):
     flags, message = _bad_inputs(tmp_path)[case]
     args = tiny_args(sprites, tmp_path / "out", "--max_train_steps", "1") + flags

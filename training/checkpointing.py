@@ -177,3 +177,28 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
             logger.info("removed %s (--checkpoints_total_limit %d)", old, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_pipeline(pipe, output_dir: str | Path) -> None:
+    """save_pretrained into a temporary folder, then swap each component in and model_index.json last.
+
+    diffusers writes straight into the target, so a kill mid-save would pair a new config with old
+    weights. Here a kill leaves either the old pipeline, or a component missing (which the loader
+    names), never a mix; the checkpoints are untouched either way.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir / ".tmp-pipeline"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging)
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == "model_index.json"):
+        target = output_dir / entry.name
+        if entry.is_dir():
+            old = output_dir / f".old-{entry.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                os.replace(target, old)
+            os.replace(entry, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, target)
+    staging.rmdir()

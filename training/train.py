@@ -10,7 +10,7 @@ regress the noise with MSE; each context vector is zeroed with probability --con
 vector means "any sprite" and guidance works. The whole dataset sits on the device as one tensor; the data
 loader only deals out batches of indices (accelerate gives every process its own shard), so there is no
 per-sample Python work. Output: the pipeline in the diffusers layout with EMA weights, a model card, and
-optionally a push to the Hub. Checkpoints are atomic (see checkpointing.py).
+optionally a push to the Hub. Checkpoints are atomic (see checkpointing.py); the flags are in options.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,110 +36,18 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402
-from diffusers.optimization import SchedulerType, get_scheduler  # noqa: E402
+from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from model import NoiseSchedule, SpritePipeline, make_scheduler, unet_timestep  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 from training import checkpointing, hub  # noqa: E402
-from training.datasets import DatasetError, add_dataset_args, dataset_from_args  # noqa: E402
+from training.datasets import DatasetError, dataset_from_args  # noqa: E402
+from training.options import ConfigError, check_args, parse_args, public_settings  # noqa: E402
 from training.sample_grid import context_grid, save_grid  # noqa: E402
 
 logger = get_logger(__name__)
-PRIVATE_ARGS = ("hub_token", "output_dir", "logging_dir")  # never in the card, the logs or training_args.json
-
-
-class ConfigError(ValueError):
-    """A bad flag value; the message names the flag."""
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dataset_args(p)
-    p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="base",
-                   help="model size preset (tiny, small, base, base-noattn, medium, large) or a UNet config .json")
-    p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible training")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=100, help="batch size per process")
-    g.add_argument("--num_epochs", type=int, default=100)
-    g.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_epochs")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=5e-4)
-    g.add_argument("--lr_scheduler", default="cosine",
-                   choices=[s.value for s in SchedulerType if s.value != "piecewise_constant"])
-    g.add_argument("--lr_warmup_steps", type=int, default=100)
-    g.add_argument("--adam_beta1", type=float, default=0.95)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=1e-6)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--context_dropout", type=float, default=0.1,
-                   help="probability of zeroing a sample's context (the unconditional case guidance needs)")
-    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep an exponential moving average of the weights and export it (default on)")
-    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    g.add_argument("--ema_power", type=float, default=3 / 4)
-    g.add_argument("--ema_max_decay", type=float, default=0.9999)
-    g = p.add_argument_group("speed")
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="default: the accelerate config's setting")
-    g.add_argument("--channels_last", action="store_true", help="channels-last memory format (GPUs)")
-    g.add_argument("--torch_compile", action="store_true", help="compile the U-Net with torch.compile")
-    g = p.add_argument_group("checkpoints, samples and logs")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="0 turns checkpoints off")
-    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
-    g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
-    g.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps; 0 = only at the end")
-    g.add_argument("--samples_per_context", type=int, default=8, help="sprites per context (row) in the grid")
-    g.add_argument("--sample_steps", type=int, default=50, help="denoising steps for the grid")
-    g.add_argument("--sample_sampler", choices=["ddim", "ddpm"], default="ddim")
-    g.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
-    g.add_argument("--logging_dir", default="logs", help="under --output_dir")
-    g.add_argument("--logging_steps", type=int, default=10, help="log loss, learning rate and images/s every N steps")
-    g.add_argument("--eval_samples", type=int, default=0,
-                   help="sprites per context for training/evaluate.py at the end (0 = skip)")
-    g = p.add_argument_group("hub")
-    g.add_argument("--push_to_hub", action="store_true")
-    g.add_argument("--push_at_checkpoints", action="store_true", help="also push the EMA pipeline at checkpoints")
-    g.add_argument("--hub_model_id", default=None, help="OWNER/NAME (default: the output folder's name)")
-    g.add_argument("--hub_private_repo", action="store_true")
-    g.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login (safer)")
-    g.add_argument("--model_license", default=None,
-                   help="licence in the card (default: gpl-2.0 for the bundled data, else 'other')")
-    g = p.add_argument_group("debugging")
-    g.add_argument("--debug_record_indices", action="store_true",
-                   help="write the dataset indices each process trained on to seen_indices_rank<k>.json")
-    g.add_argument("--debug_step_delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: time to kill
-    return p.parse_args(argv)
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Reject bad values before anything slow happens; make sure the output folder is writable."""
-    positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "logging_steps",
-                "samples_per_context", "sample_steps"]
-    for name in positive + ["max_train_steps", "checkpoints_total_limit"]:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {value}")
-    for name in ("checkpointing_steps", "save_images_steps", "eval_samples", "lr_warmup_steps"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name} must not be negative, got {getattr(args, name)}")
-    if not 0 <= args.context_dropout <= 1:
-        raise ConfigError(f"--context_dropout must be between 0 and 1, got {args.context_dropout}")
-    if args.learning_rate <= 0:
-        raise ConfigError(f"--learning_rate must be positive, got {args.learning_rate}")
-    out = Path(args.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):  # a unique name: several processes may check at once
-            pass
-    except OSError as err:
-        raise ConfigError(f"--output_dir {out} is not writable: {err.strerror or err}") from None
-
-
 def noisy_batch(x0: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule, context_dropout: float,
                 hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training input: (x_t, course step t in 1..T, context with dropout, the noise to predict)."""
@@ -207,14 +114,6 @@ def evaluate(pipe: SpritePipeline, args: argparse.Namespace, output_dir: Path) -
     (output_dir / "eval").mkdir(exist_ok=True)
     (output_dir / "eval" / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
     return results
-
-
-def public_settings(args: argparse.Namespace) -> dict:
-    """The flags as the card, TensorBoard and training_args.json show them: no token, no local paths."""
-    settings = {k: v for k, v in vars(args).items() if k not in PRIVATE_ARGS and not k.startswith("debug_")}
-    if settings["dataset"] != "default" and not settings["dataset"].startswith("hub:"):
-        settings["dataset"] = Path(settings["dataset"]).name
-    return settings
 
 
 def train(args: argparse.Namespace) -> int:
@@ -401,7 +300,7 @@ def save_outputs(accelerator: Accelerator, unet, ema: EMAModel | None, names: li
     if not (final or pushing):
         return 0
     save_grid(grid, output_dir / "samples.png")
-    pipe.save_pretrained(output_dir)
+    checkpointing.save_pipeline(pipe, output_dir)
     eval_results = evaluate(pipe, args, output_dir) if final and args.eval_samples else None
     repo_id = args.hub_model_id or output_dir.resolve().name
     licence = args.model_license or ("gpl-2.0" if args.dataset == "default" else "other")

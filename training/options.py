@@ -1,0 +1,114 @@
+"""train.py's flags: the parser (diffusers' train_unconditional.py names where they apply) and its checks."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from diffusers.optimization import SchedulerType
+
+from model.loading import MAX_SAMPLE_SIZE
+from training.datasets import add_dataset_args
+
+PRIVATE_ARGS = ("hub_token", "output_dir", "logging_dir")  # never in the card, the logs or training_args.json
+
+
+class ConfigError(ValueError):
+    """A bad flag value; the message names the flag."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the sprite U-Net on a laptop CPU, one GPU or many.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(p)
+    p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="base",
+                   help="model size preset (tiny, small, base, base-noattn, medium, large) or a UNet config .json")
+    p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible training")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train_batch_size", type=int, default=100, help="batch size per process")
+    g.add_argument("--num_epochs", type=int, default=100)
+    g.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_epochs")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--learning_rate", type=float, default=5e-4)
+    g.add_argument("--lr_scheduler", default="cosine",
+                   choices=[s.value for s in SchedulerType if s.value != "piecewise_constant"])
+    g.add_argument("--lr_warmup_steps", type=int, default=100)
+    g.add_argument("--adam_beta1", type=float, default=0.95)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=1e-6)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--context_dropout", type=float, default=0.1,
+                   help="probability of zeroing a sample's context (the unconditional case guidance needs)")
+    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep an exponential moving average of the weights and export it (default on)")
+    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    g.add_argument("--ema_power", type=float, default=3 / 4)
+    g.add_argument("--ema_max_decay", type=float, default=0.9999)
+    g = p.add_argument_group("speed")
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: the accelerate config's setting")
+    g.add_argument("--channels_last", action="store_true", help="channels-last memory format (GPUs)")
+    g.add_argument("--torch_compile", action="store_true", help="compile the U-Net with torch.compile")
+    g = p.add_argument_group("checkpoints, samples and logs")
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="0 turns checkpoints off")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
+    g.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
+    g.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps; 0 = only at the end")
+    g.add_argument("--samples_per_context", type=int, default=8, help="sprites per context (row) in the grid")
+    g.add_argument("--sample_steps", type=int, default=50, help="denoising steps for the grid")
+    g.add_argument("--sample_sampler", choices=["ddim", "ddpm"], default="ddim")
+    g.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
+    g.add_argument("--logging_dir", default="logs", help="under --output_dir")
+    g.add_argument("--logging_steps", type=int, default=10, help="log loss, learning rate and images/s every N steps")
+    g.add_argument("--eval_samples", type=int, default=0,
+                   help="sprites per context for training/evaluate.py at the end (0 = skip)")
+    g = p.add_argument_group("hub")
+    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--push_at_checkpoints", action="store_true", help="also push the EMA pipeline at checkpoints")
+    g.add_argument("--hub_model_id", default=None, help="OWNER/NAME (default: the output folder's name)")
+    g.add_argument("--hub_private_repo", action="store_true")
+    g.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login (safer)")
+    g.add_argument("--model_license", default=None,
+                   help="licence in the card (default: gpl-2.0 for the bundled data, else 'other')")
+    g = p.add_argument_group("debugging")
+    g.add_argument("--debug_record_indices", action="store_true",
+                   help="write the dataset indices each process trained on to seen_indices_rank<k>.json")
+    g.add_argument("--debug_step_delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: time to kill
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject bad values before anything slow happens; make sure the output folder is writable."""
+    positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "logging_steps",
+                "samples_per_context", "sample_steps"]
+    for name in positive + ["max_train_steps", "checkpoints_total_limit"]:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {value}")
+    for name in ("checkpointing_steps", "save_images_steps", "eval_samples", "lr_warmup_steps"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name} must not be negative, got {getattr(args, name)}")
+    if not 0 <= args.context_dropout <= 1:
+        raise ConfigError(f"--context_dropout must be between 0 and 1, got {args.context_dropout}")
+    if not 1 <= args.resolution <= MAX_SAMPLE_SIZE:
+        raise ConfigError(f"--resolution must be from 1 to {MAX_SAMPLE_SIZE} pixels, got {args.resolution}")
+    if args.learning_rate <= 0:
+        raise ConfigError(f"--learning_rate must be positive, got {args.learning_rate}")
+    out = Path(args.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # a unique name: several processes may check at once
+            pass
+    except OSError as err:
+        raise ConfigError(f"--output_dir {out} is not writable: {err.strerror or err}") from None
+
+
+def public_settings(args: argparse.Namespace) -> dict:
+    """The flags as the card, TensorBoard and training_args.json show them: no token, no local paths."""
+    settings = {k: v for k, v in vars(args).items() if k not in PRIVATE_ARGS and not k.startswith("debug_")}
+    if settings["dataset"] != "default" and not settings["dataset"].startswith("hub:"):
+        settings["dataset"] = Path(settings["dataset"]).name
+    return settings
