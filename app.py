@@ -66,6 +66,11 @@ CSS = """
 """
 
 
+def invalid_input(message: str) -> gr.Error:
+    """The user's mistake, shown in the page; not a server fault, so no traceback in the log."""
+    return gr.Error(message, title="Invalid input", print_exception=False)
+
+
 class SpriteApp:
     """The event functions, bound to one pipeline loaded at startup (tests bind a tiny one)."""
 
@@ -99,7 +104,7 @@ class SpriteApp:
                 seed=chosen_seed,
             )
         except InputError as err:
-            raise gr.Error(str(err), title="Invalid input") from None
+            raise invalid_input(str(err)) from None
 
     def generate(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
                  sampler: str = "DDPM", add_noise: bool = True, noise_scale: float = 1.0,
@@ -117,7 +122,7 @@ class SpriteApp:
         try:
             steps = self.pipe.denoise(**args)
         except ValueError as err:
-            raise gr.Error(str(err), title="Invalid input") from None
+            raise invalid_input(str(err)) from None
         every = max(1, n // LIVE_FRAMES)
         frames = []
         start = time.perf_counter()
@@ -154,7 +159,7 @@ class SpriteApp:
             try:
                 out = self.pipe(**{**args, "add_noise": add_noise}, callback=report)
             except ValueError as err:
-                raise gr.Error(str(err), title="Invalid input") from None
+                raise invalid_input(str(err)) from None
             grids.append(display_grid(out.array, FINAL_WIDTH))
         caption = (f"Same seed ({args['seed']}), same {n} DDPM steps. Left: fresh noise s3·z is re-added at each "
                    "step. Right: z = 0, so samples drift off what the network was trained on and collapse.")
@@ -167,7 +172,7 @@ class SpriteApp:
         try:
             t = whole_number("t", t, 0, self.pipe.num_train_steps)
         except InputError as err:
-            raise gr.Error(str(err), title="Invalid input") from None
+            raise invalid_input(str(err)) from None
         clean = self.as_sprite(sprite)
         copies = noisy_copies(clean, self.pipe.schedule, [t, *STRIP])
         ab = float(self.pipe.schedule.alpha_bar[t])
@@ -180,7 +185,7 @@ class SpriteApp:
         """Any uploaded picture -> (R, R, 3) uint8 at the model's resolution."""
         size = self.pipe.unet.config.sample_size
         if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
-            raise gr.Error("the sprite must be an image", title="Invalid input")
+            raise invalid_input("the sprite must be an image")
         picture = Image.fromarray(image.astype(np.uint8))
         if fit_pixel_art is not None:
             return fit_pixel_art(picture, size)
@@ -333,47 +338,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
     return demo
 
 
-ABOUT = r"""
-## Forward process: how training data is made
-A clean sprite $x_0$ is blurred into noise over $T = 500$ steps whose variances $\beta_t$ grow linearly from
-0.0001 to 0.02. With $\alpha_t = 1 - \beta_t$ and $\bar\alpha_t = \alpha_1 \alpha_2 \cdots \alpha_t$, any step can be
-reached in one jump:
-
-$$x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon, \qquad \epsilon \sim \mathcal{N}(0, I)$$
-
-At $t = 500$ only $\sqrt{\bar\alpha_{500}} \approx 0.08$ of the sprite is left. The U-Net $\epsilon_\theta(x_t, t, c)$
-learns to predict the noise $\epsilon$ from the noisy sprite, the step and the context $c$, by minimising
-$\lVert \epsilon - \epsilon_\theta \rVert^2$.
-
-## Reverse process: how sprites are drawn
-Sampling starts from pure noise $x_{500}$ and walks back to $t = 0$. Each step removes the predicted noise and
-re-adds a little fresh noise:
-
-$$x_{t-1} = s_1 \left(x_t - s_2\, \hat\epsilon\right) + s_3\, z, \qquad z \sim \mathcal{N}(0, I)$$
-
-$$s_1 = \frac{1}{\sqrt{\alpha_t}}, \qquad s_2 = \frac{1 - \alpha_t}{\sqrt{1 - \bar\alpha_t}},
-\qquad s_3 = \sqrt{\beta_t}$$
-
-$s_2 \hat\epsilon$ is the share of the predicted noise to remove, $s_1$ rescales what is left, and $s_3 z$ is the
-fresh noise ($z = 0$ at the very last step). The *predicted clean sprites* panel shows the network's current guess
-of the end result, $\hat x_0 = (x_t - \sqrt{1 - \bar\alpha_t}\,\hat\epsilon) / \sqrt{\bar\alpha_t}$.
-
-## What the "re-add noise" toggle shows
-The network only ever saw inputs with exactly the noise level of step $t$. Re-adding $s_3 z$ keeps each $x_t$ at
-that level. With the toggle off ($z = 0$ at every step) the samples become too smooth for their step, fall off
-the distribution the network was trained on, and collapse into blurry blobs drifting towards an average sprite.
-**Compare** runs both from the same seed; *noise scale* multiplies $s_3$ to explore the range in between.
-
-## Fewer steps, DDIM, contexts and guidance
-With fewer than 500 steps, DDPM jumps from $t$ to an earlier $t'$ using $\alpha = \bar\alpha_t / \bar\alpha_{t'}$.
-DDIM takes the deterministic jump $x_{t'} = \sqrt{\bar\alpha_{t'}}\, \hat x_0 + \sqrt{1 - \bar\alpha_{t'}}\,
-\hat\epsilon$; it re-adds no noise, so the toggle does nothing there. The context $c$ is a weight vector: one-hot
-for one kind, mixed such as $[1, 0, 0.6, 0, 0]$, or all zeros for "unconditional". Guidance scale $w$ uses
-$\hat\epsilon = \hat\epsilon_{\varnothing} + w\,(\hat\epsilon_c - \hat\epsilon_{\varnothing})$.
-
-## Your own model
-Duplicate this Space and set the variable `MODEL_ID` to your model repo (and `MODEL_REVISION` to pin a commit).
-"""
+ABOUT = (Path(__file__).resolve().parent / "docs" / "about.md").read_text()  # the About tab
 
 
 def load_model() -> tuple[SpritePipeline, str]:
