@@ -66,6 +66,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     pipe = load_pipeline()
+    app.compile_in_background(pipe).join()  # as `python app.py` serves once warmed up
     demo = app.build_demo(pipe, "**Model:** the bundled default.", tempfile.mkdtemp(prefix="first-frame-"))
     _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     first, final = [], []

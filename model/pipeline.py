@@ -8,7 +8,7 @@ a switch for noise re-adding, DDIM, classifier-free guidance, and per-step outpu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,9 +67,22 @@ class SpritePipeline(DiffusionPipeline):
         self.schedule = NoiseSchedule(scheduler)
         self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
 
-    def enable_fast_sampling(self, compile: bool = True, bf16: bool = False) -> None:
-        """Use torch.compile and/or bf16 for the U-Net (see model/fast.py); call after .to(device)."""
-        self.noise_predictor = fast_predictor(self.unet, compile=compile, bf16=bf16)
+    def enable_fast_sampling(self, compile: bool = True, bf16: bool = False,
+                             batch_sizes: Collection[int] | None = None) -> None:
+        """Use torch.compile and/or bf16 for the U-Net (see model/fast.py); call after .to(device).
+
+        batch_sizes: compile for these U-Net batch sizes only (2N rows for N sprites with guidance),
+        now, and run other sizes eager. The new path is swapped in once compiled, so another
+        thread may keep sampling on the old one meanwhile (the app warms up this way).
+        """
+        predictor = fast_predictor(self.unet, compile=compile, bf16=bf16, batch_sizes=batch_sizes)
+        size, contexts = self.unet.config.sample_size, len(self.context_names)
+        with torch.inference_mode():  # sampling runs in inference mode: compile for that
+            for rows in batch_sizes or ():
+                predictor(torch.zeros(rows, 3, size, size, device=self.device),
+                          torch.tensor(unet_timestep(self.num_train_steps), device=self.device),
+                          torch.zeros(rows, contexts, device=self.device))
+        self.noise_predictor = predictor
 
     def disable_fast_sampling(self) -> None:
         """Back to the eager fp32 reference."""

@@ -64,3 +64,33 @@ def test_compile_failure_falls_back_to_eager(pipes, monkeypatch):
     _, img = _final(fast, sampler="ddim")
     assert np.array_equal(img, ref_img)
     fast.disable_fast_sampling()
+
+
+def test_compile_only_for_chosen_batch_sizes(pipes, monkeypatch):
+    """Other batch sizes run eager (no request waits for a compile); the chosen ones are compiled up front."""
+    reference, fast = pipes
+    compiled_rows = []
+
+    def recording_compile(fn, **kwargs):
+        def compiled(sample, *args):
+            compiled_rows.append(sample.shape[0])
+            return fn(sample, *args)
+        return compiled
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    fast.enable_fast_sampling(compile=True, batch_sizes=(4,))
+    assert compiled_rows == [4], "the chosen size is compiled when fast sampling is enabled"
+    _, ref_img = _final(reference, sampler="ddim")
+    _, img = _final(fast, sampler="ddim")  # 2 sprites, no guidance: 2 rows, eager
+    assert compiled_rows == [4] and np.array_equal(img, ref_img)
+    _final(fast, sampler="ddim", guidance_scale=2.0)  # 2 sprites with guidance: 4 rows, compiled
+    assert compiled_rows == [4] * 9, "the warm-up call, then one call per step"
+    fast.disable_fast_sampling()
+
+
+def test_compiled_for_chosen_batch_size_matches_eager(pipes):
+    reference, fast = pipes
+    fast.enable_fast_sampling(compile=True, batch_sizes=(4,))
+    ref_x, _ = _final(reference, sampler="ddpm", guidance_scale=2.0)
+    x, _ = _final(fast, sampler="ddpm", guidance_scale=2.0)
+    assert (x - ref_x).abs().max() < 1e-3
+    fast.disable_fast_sampling()
