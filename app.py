@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import random  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -394,23 +393,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def compile_in_background(pipe: SpritePipeline, num_images: int = 16) -> threading.Thread:
-    """torch.compile the U-Net for the page's default request while the app already serves (eager).
-
-    16 sprites run the U-Net on 16 rows, or 32 with guidance; other sizes stay eager, so no
-    request waits for a compile (README, "Performance"). SPRITE_DISABLE_COMPILE=1 turns it off.
-    CPU only: the GPU path (CUDA graphs, ZeroGPU's late device) is not measured yet.
-    """
-    def work() -> None:
-        start = time.perf_counter()
-        pipe.enable_fast_sampling(batch_sizes=(num_images, 2 * num_images))
-        print(f"compiled the U-Net for {num_images} sprites in {time.perf_counter() - start:.0f} s", flush=True)
-    thread = threading.Thread(target=work, name="compile", daemon=True)
-    if os.environ.get("SPRITE_DISABLE_COMPILE") != "1" and pipe.device.type == "cpu":
-        thread.start()
-    return thread
-
-
 def main() -> None:
     global demo
     try:
@@ -418,7 +400,7 @@ def main() -> None:
     except ModelLoadError as err:
         raise SystemExit(f"Sprite Diffusion cannot start: {err}") from None
     demo = build_demo(pipe, note)
-    compile_in_background(pipe)
+    pipe.compile_in_background()  # serves eager until compiled (README, "Performance")
     launch(demo)
 
 

@@ -8,6 +8,9 @@ a switch for noise re-adding, DDIM, classifier-free guidance, and per-step outpu
 from __future__ import annotations
 
 import math
+import os
+import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -83,6 +86,23 @@ class SpritePipeline(DiffusionPipeline):
                           torch.tensor(unet_timestep(self.num_train_steps), device=self.device),
                           torch.zeros(rows, contexts, device=self.device))
         self.noise_predictor = predictor
+
+    def compile_in_background(self, num_images: int = 16) -> threading.Thread | None:
+        """Compile for ``num_images`` sprites (N rows, 2N with guidance) in a thread; sample eager meanwhile.
+
+        The app's way to fast sampling without making a request wait for a compile: other sizes
+        stay eager. CPU only (the GPU path is not measured yet); SPRITE_DISABLE_COMPILE=1 skips it.
+        Returns the started thread, or None when skipped.
+        """
+        def work() -> None:
+            start = time.perf_counter()
+            self.enable_fast_sampling(batch_sizes=(num_images, 2 * num_images))
+            print(f"compiled the U-Net for {num_images} sprites in {time.perf_counter() - start:.0f} s", flush=True)
+        if os.environ.get("SPRITE_DISABLE_COMPILE") == "1" or self.device.type != "cpu":
+            return None
+        thread = threading.Thread(target=work, name="compile", daemon=True)
+        thread.start()
+        return thread
 
     def disable_fast_sampling(self) -> None:
         """Back to the eager fp32 reference."""

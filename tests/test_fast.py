@@ -94,3 +94,24 @@ def test_compiled_for_chosen_batch_size_matches_eager(pipes):
     x, _ = _final(fast, sampler="ddpm", guidance_scale=2.0)
     assert (x - ref_x).abs().max() < 1e-3
     fast.disable_fast_sampling()
+
+
+def test_compile_in_background_warms_the_default_request(pipes, monkeypatch):
+    """The app's warm-up: N and 2N rows compiled in a thread, then swapped in; skipped when turned off."""
+    _, fast = pipes
+    compiled_rows = []
+
+    def recording_compile(fn, **kwargs):
+        def compiled(sample, *args):
+            compiled_rows.append(sample.shape[0])
+            return fn(sample, *args)
+        return compiled
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setenv("SPRITE_DISABLE_COMPILE", "1")
+    eager = fast.noise_predictor
+    assert fast.compile_in_background(num_images=2) is None
+    assert compiled_rows == [] and fast.noise_predictor is eager
+    monkeypatch.delenv("SPRITE_DISABLE_COMPILE")
+    fast.compile_in_background(num_images=2).join()
+    assert compiled_rows == [2, 4] and fast.noise_predictor is not eager
+    fast.disable_fast_sampling()
