@@ -23,6 +23,20 @@ def pipes():
     return reference, fast
 
 
+@pytest.fixture
+def compiled_rows(monkeypatch):
+    """torch.compile replaced by a recorder: the batch size of every call to the "compiled" U-Net."""
+    rows = []
+
+    def recording_compile(fn, **kwargs):
+        def compiled(sample, *args):
+            rows.append(sample.shape[0])
+            return fn(sample, *args)
+        return compiled
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    return rows
+
+
 def _final(pipe, **kwargs):
     samples = []
     out = pipe("food", num_images=2, num_inference_steps=8, seed=3,
@@ -66,17 +80,9 @@ def test_compile_failure_falls_back_to_eager(pipes, monkeypatch):
     fast.disable_fast_sampling()
 
 
-def test_compile_only_for_chosen_batch_sizes(pipes, monkeypatch):
+def test_compile_only_for_chosen_batch_sizes(pipes, compiled_rows):
     """Other batch sizes run eager (no request waits for a compile); the chosen ones are compiled up front."""
     reference, fast = pipes
-    compiled_rows = []
-
-    def recording_compile(fn, **kwargs):
-        def compiled(sample, *args):
-            compiled_rows.append(sample.shape[0])
-            return fn(sample, *args)
-        return compiled
-    monkeypatch.setattr(torch, "compile", recording_compile)
     fast.enable_fast_sampling(compile=True, batch_sizes=(4,))
     assert compiled_rows == [4], "the chosen size is compiled when fast sampling is enabled"
     _, ref_img = _final(reference, sampler="ddim")
@@ -96,17 +102,9 @@ def test_compiled_for_chosen_batch_size_matches_eager(pipes):
     fast.disable_fast_sampling()
 
 
-def test_compile_in_background_warms_the_default_request(pipes, monkeypatch):
+def test_compile_in_background_warms_the_default_request(pipes, compiled_rows, monkeypatch):
     """The app's warm-up: N and 2N rows compiled in a thread, then swapped in; skipped when turned off."""
     _, fast = pipes
-    compiled_rows = []
-
-    def recording_compile(fn, **kwargs):
-        def compiled(sample, *args):
-            compiled_rows.append(sample.shape[0])
-            return fn(sample, *args)
-        return compiled
-    monkeypatch.setattr(torch, "compile", recording_compile)
     monkeypatch.setenv("SPRITE_DISABLE_COMPILE", "1")
     eager = fast.noise_predictor
     assert fast.compile_in_background(num_images=2) is None
