@@ -3,7 +3,9 @@
 The baseline is the course's loop: a per-sample Dataset in a DataLoader, batch 100, fp32,
 eager. Ours is training/train.py itself (the whole dataset on the device, index batches,
 and on a GPU bf16, channels_last and torch.compile at a large batch), timed by its own
-images/s log, which leaves out the first (warm-up or compile) step.
+images/s log, which leaves out the first (warm-up or compile) step. The two alternate for
+--repeats rounds, each run in a fresh Python process, and the table gives each one's median,
+so a machine that speeds up or slows down during the run (a shared VM does) biases neither.
 
     python benchmarks/training.py                  # CPU
     python benchmarks/training.py --device cuda    # GPU: adds --mixed_precision bf16 etc.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +67,17 @@ def naive_images_per_second(preset: str, steps: int, device: torch.device) -> fl
     return images / (time.perf_counter() - start)
 
 
+def naive_in_fresh_process(preset: str, steps: int, device: torch.device) -> float:
+    """naive_images_per_second in its own interpreter, as train.py runs in its own."""
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from benchmarks.training import "
+            "naive_images_per_second as run; print(run(sys.argv[2], int(sys.argv[3]), torch.device(sys.argv[4])))")
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT), preset, str(steps), str(device)],
+                            capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"the baseline failed:\n{result.stderr[-3000:]}")
+    return float(result.stdout.split()[-1])
+
+
 def ours_images_per_second(preset: str, steps: int, extra: list[str]) -> float:
     """Run training/train.py for `steps` steps and read its images/s."""
     with tempfile.TemporaryDirectory() as out:
@@ -81,7 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--presets", nargs="+", default=["small"])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per run")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating baseline/ours rounds per model")
     parser.add_argument("--batch", type=int, default=None, help="our batch (default: 100 on CPU, 2048 on GPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -90,13 +105,18 @@ def main() -> None:
     extra = ["--train_batch_size", str(batch)]
     extra += ["--mixed_precision", "bf16", "--channels_last", "--torch_compile"] if gpu else []
     print(f"machine: {machine_name(device)}")
-    print(f"baseline: per-sample DataLoader, batch 100, fp32, eager; ours: train.py {' '.join(extra)}\n")
+    print(f"baseline: per-sample DataLoader, batch 100, fp32, eager; ours: train.py {' '.join(extra)}")
+    print(f"medians of {args.repeats} alternating runs of {args.steps} timed steps (range in brackets)\n")
     print("| model | baseline img/s | ours img/s | speed-up |")
     print("| --- | --- | --- | --- |")
     for preset in args.presets:
-        baseline = naive_images_per_second(preset, args.steps, device)
-        ours = ours_images_per_second(preset, args.steps, extra)
-        print(f"| {preset} | {baseline:.0f} | {ours:.0f} | {ours / baseline:.2f}x |", flush=True)
+        baselines, ours = [], []
+        for _ in range(args.repeats):
+            baselines.append(naive_in_fresh_process(preset, args.steps, device))
+            ours.append(ours_images_per_second(preset, args.steps, extra))
+        baseline, mine = statistics.median(baselines), statistics.median(ours)
+        print(f"| {preset} | {baseline:.0f} ({min(baselines):.0f}-{max(baselines):.0f}) | "
+              f"{mine:.0f} ({min(ours):.0f}-{max(ours):.0f}) | {mine / baseline:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

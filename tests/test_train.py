@@ -136,6 +136,25 @@ def test_hflip_mirrors_about_half_of_the_batch():
 # ---- end to end ------------------------------------------------------------------------------
 
 
+def test_fused_adamw_takes_the_same_steps_as_the_default_one():
+    """train.adamw picks the fused kernel (faster on CPU and GPU); its updates must be the reference's."""
+    torch.manual_seed(0)
+    reference = build_unet(len(NAMES), "tiny")
+    fused = build_unet(len(NAMES), "tiny")
+    fused.load_state_dict(reference.state_dict())
+    settings = {"lr": 1e-3, "betas": (0.95, 0.999), "weight_decay": 1e-6, "eps": 1e-8}
+    optimizers = [torch.optim.AdamW(reference.parameters(), **settings), train.adamw(fused.parameters(), **settings)]
+    assert optimizers[1].defaults["fused"] is True
+    x, t, context = torch.randn(4, 3, 16, 16), torch.tensor([1, 50, 200, 500]), torch.eye(3)[[0, 1, 2, 0]]
+    for _ in range(3):
+        for unet, optimizer in zip((reference, fused), optimizers, strict=True):
+            unet(x, t, class_labels=context).sample.square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(reference.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_accelerate_launch_trains_pushes_and_the_app_loader_pulls_it_back(sprites, tmp_path, hub_server):
     out = tmp_path / "run"
     env = clean_env(tmp_path, HF_ENDPOINT=hub_server.url)

@@ -87,6 +87,15 @@ def _as_is(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
 
+def adamw(params, **settings) -> torch.optim.AdamW:
+    """AdamW with its fused kernel (one update for all tensors) where the device has one, else the default."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **settings)
+    except (RuntimeError, TypeError):  # e.g. a device without the fused kernel
+        return torch.optim.AdamW(params, **settings)
+
+
 def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, context_names: list[str]) -> SpritePipeline:
     """A fresh SpritePipeline holding a copy of the weights (the EMA ones when there is an EMA)."""
     trained = accelerator.unwrap_model(unet)
@@ -175,8 +184,8 @@ def train(args: argparse.Namespace) -> int:
         checkpointing.register_ema(accelerator, ema)
     if args.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    optimizer = adamw(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                      weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     # The prepared scheduler steps once per process per optimizer step.
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
