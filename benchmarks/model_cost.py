@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--presets", nargs="+", default=[p for p in PRESETS if p != "tiny"])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--calls", type=int, default=20, help="forwards per timing")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here (for the study table)")
     args = parser.parse_args()

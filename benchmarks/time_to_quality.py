@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "training" / "configs" / "cpu.yaml",
                         help="accelerate config (gpu_bf16.yaml on a GPU)")
-    parser.add_argument("--preset", default="small", help="the default model's preset")
+    parser.add_argument("--preset", default="tiny-g4", help="the default model's preset")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--max_steps", type=int, default=10000, help="the default model's budget")

@@ -9,6 +9,7 @@ from pathlib import Path
 from diffusers.optimization import SchedulerType
 
 from model.loading import MAX_SAMPLE_SIZE
+from model.unet import PRESETS
 from training.datasets import add_dataset_args
 
 PRIVATE_ARGS = ("hub_token", "output_dir", "logging_dir")  # never in the card, the logs or training_args.json
@@ -23,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataset_args(p)
     p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="base",
-                   help="model size preset (tiny, small, base, base-noattn, medium, large) or a UNet config .json")
+                   help=f"model size preset ({', '.join(PRESETS)}) or a UNet config .json")
     p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible training")
     g = p.add_argument_group("optimisation")
