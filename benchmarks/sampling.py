@@ -53,28 +53,36 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["ddpm:500", "ddim:50"], help="sampler:steps pairs")
     parser.add_argument("--bf16", action="store_true", help="our path with bf16 autocast")
     parser.add_argument("--no_compile", action="store_true", help="our path without torch.compile")
+    parser.add_argument("--whole_step", choices=["auto", "yes", "no"], default="auto",
+                        help="compile the whole step or the U-Net alone (auto: whole step on CUDA only)")
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance (2 = app default)")
+    parser.add_argument("--check_eager", action="store_true",
+                        help="also run our eager fp32 path with the same seed and report how far our sprites are "
+                             "from it (uint8 levels)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     pipe = load_pipeline(args.model, device=str(device))
     fast = load_pipeline(args.model, device=str(device))
-    fast.enable_fast_sampling(compile=not args.no_compile, bf16=args.bf16)
+    whole_step = {"auto": None, "yes": True, "no": False}[args.whole_step]
+    fast.enable_fast_sampling(compile=not args.no_compile, bf16=args.bf16, whole_step=whole_step)
     names, size = pipe.context_names, pipe.unet.config.sample_size
     dtype = "bf16" if args.bf16 else "fp32"
     peak, peak_how = peak_flops(device, dtype)
     flops_per_image = forward_flops(pipe.unet, 1, size, len(names))
-    ours_how = f"SpritePipeline, {'eager' if args.no_compile else 'torch.compile'}, {dtype}"
+    compiled = "whole step" if fast.step_function != fast.denoise_step else "U-Net"
+    ours_how = f"SpritePipeline, {'eager' if args.no_compile else f'torch.compile ({compiled})'}, {dtype}"
     ours_how += f", guidance {args.guidance_scale:g} (one batched U-Net call of 2N inputs per step, both paths)" \
         if args.guidance_scale != 1 else ""
     print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
     print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
           f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode)")
     print(f"baseline: eager fp32 U-Net + diffusers scheduler.step per step; ours: {ours_how}\n")
+    check = " vs eager fp32: max / mean levels |" if args.check_eager else ""
     print("| sampler | steps | sprites | baseline s | ours s | speed-up | ours ms/step | ours img/s | "
-          "ours % of peak | first call (compile) s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "ours % of peak | first call (compile) s |" + check)
+    print("| --- " * (11 if args.check_eager else 10) + "|")
     for run in args.runs:
         sampler, steps = run.split(":")
         steps = int(steps)
@@ -92,11 +100,18 @@ def main() -> None:
             warmup = time.perf_counter() - start
             naive = partial(naive_sample, pipe, scheduler, context, steps, 0, args.guidance_scale)
             baseline = best_time(naive, repeats, device, warmup=repeats > 1)
-            ours = best_time(partial(fast, context, num_images=batch, num_inference_steps=steps, sampler=sampler,
-                                     seed=0, guidance_scale=args.guidance_scale), repeats, device, warmup=repeats > 1)
+            ours_run = partial(fast, context, num_images=batch, num_inference_steps=steps, sampler=sampler, seed=0,
+                               guidance_scale=args.guidance_scale)
+            ours = best_time(ours_run, repeats, device, warmup=repeats > 1)
             share = flops_per_image * batch * (1 if args.guidance_scale == 1 else 2) * steps / ours / peak
-            print(f"| {sampler} | {steps} | {batch} | {baseline:.2f} | {ours:.2f} | {baseline / ours:.1f}x | "
-                  f"{ours / steps * 1000:.1f} | {batch / ours:.1f} | {share:.1%} | {warmup:.1f} |", flush=True)
+            row = (f"| {sampler} | {steps} | {batch} | {baseline:.2f} | {ours:.2f} | {baseline / ours:.1f}x | "
+                   f"{ours / steps * 1000:.1f} | {batch / ours:.1f} | {share:.1%} | {warmup:.1f} |")
+            if args.check_eager:  # same seed, same noise (drawn on the CPU): only the U-Net path differs
+                reference = pipe(context, num_images=batch, num_inference_steps=steps, sampler=sampler, seed=0,
+                                 guidance_scale=args.guidance_scale).array.astype(int)
+                levels = abs(ours_run().array.astype(int) - reference)
+                row += f" {levels.max()} / {levels.mean():.2f} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -98,12 +98,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating baseline/ours rounds per model")
     parser.add_argument("--batch", type=int, default=None, help="our batch (default: 100 on CPU, 2048 on GPU)")
+    parser.add_argument("--no_compile", action="store_true", help="GPU: ours without --torch_compile")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch or (2048 if gpu else 100)
     extra = ["--train_batch_size", str(batch)]
-    extra += ["--mixed_precision", "bf16", "--channels_last", "--torch_compile"] if gpu else []
+    extra += ["--mixed_precision", "bf16", "--channels_last"] if gpu else []
+    extra += ["--torch_compile"] if gpu and not args.no_compile else []
     print(f"machine: {machine_name(device)}")
     print(f"baseline: per-sample DataLoader, batch 100, fp32, eager; ours: train.py {' '.join(extra)}")
     print(f"medians of {args.repeats} alternating runs of {args.steps} timed steps (range in brackets)\n")

@@ -1,4 +1,4 @@
-"""Faster U-Net calls for sampling: inference mode, torch.compile, optional bf16.
+"""Faster sampling steps: inference mode, torch.compile, optional bf16.
 
 Sampling calls the same small network hundreds of times on tiny tensors, so on a CPU
 much of an eager step is Python and dispatch overhead; torch.compile (inductor) fuses
@@ -51,21 +51,41 @@ def fast_predictor(unet: UNet2DModel, compile: bool = True, bf16: bool = False,
     return predict_bf16
 
 
-def _compiled_or_eager(forward: NoisePredictor, mode: str | None,
-                       batch_sizes: Collection[int] | None = None) -> NoisePredictor:
-    """torch.compile compiles on the first call; if that fails, keep using the eager function."""
+def compiled_step(step: Callable[..., tuple[torch.Tensor, ...]], device_type: str
+                  ) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """A whole reverse step (U-Net, guidance, update) compiled; on CUDA, one CUDA graph per step.
+
+    A CUDA graph writes its outputs to the same memory at every replay, so they are copied
+    before the next step overwrites them: callers may keep each step's tensors.
+    """
+    if os.environ.get("SPRITE_DISABLE_COMPILE") == "1":
+        return step
+    compiled = _compiled_or_eager(step, mode="reduce-overhead" if device_type == "cuda" else None)
+    if device_type != "cuda":
+        return compiled
+
+    def step_and_keep(*args: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        return tuple(x.clone() for x in compiled(*args))
+    return step_and_keep
+
+
+def _compiled_or_eager(forward: Callable, mode: str | None, batch_sizes: Collection[int] | None = None) -> Callable:
+    """torch.compile compiles on the first call; if that fails, keep using the eager function.
+
+    batch_sizes: call the compiled function only when the first argument has one of these batch sizes.
+    """
     compiled = torch.compile(forward, mode=mode, dynamic=False)
     state = {"use": compiled}
 
-    def predict(sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def call(sample: torch.Tensor, *args: torch.Tensor | None):
         if batch_sizes is not None and sample.shape[0] not in batch_sizes:
-            return forward(sample, timestep, context)
+            return forward(sample, *args)
         try:
-            return state["use"](sample, timestep, context)
+            return state["use"](sample, *args)
         except Exception as err:  # compile support varies by platform; eager always works
             if state["use"] is forward:
                 raise
-            logger.warning("torch.compile failed (%s: %s); using the eager U-Net", type(err).__name__, err)
+            logger.warning("torch.compile failed (%s: %s); running eager", type(err).__name__, err)
             state["use"] = forward
-            return forward(sample, timestep, context)
-    return predict
+            return forward(sample, *args)
+    return call

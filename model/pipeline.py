@@ -20,7 +20,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from .fast import NoisePredictor, eager_predictor, fast_predictor
+from .fast import NoisePredictor, compiled_step, eager_predictor, fast_predictor
 from .schedule import NoiseSchedule, timestep_grid, unet_timestep
 from .unet import attach_context_embedding
 
@@ -69,15 +69,26 @@ class SpritePipeline(DiffusionPipeline):
         self.register_to_config(context_names=names)
         self.schedule = NoiseSchedule(scheduler)
         self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
+        self.step_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.denoise_step
 
     def enable_fast_sampling(self, compile: bool = True, bf16: bool = False,
-                             batch_sizes: Collection[int] | None = None) -> None:
-        """Use torch.compile and/or bf16 for the U-Net (see model/fast.py); call after .to(device).
+                             batch_sizes: Collection[int] | None = None, whole_step: bool | None = None) -> None:
+        """Use torch.compile and/or bf16 (see model/fast.py); call after .to(device).
 
-        batch_sizes: compile for these U-Net batch sizes only (2N rows for N sprites with guidance),
-        now, and run other sizes eager. The new path is swapped in once compiled, so another
-        thread may keep sampling on the old one meanwhile (the app warms up this way).
+        whole_step: compile the whole reverse step (U-Net, guidance and the update) rather than the
+            U-Net alone; the default on CUDA, where it makes each step one CUDA graph replay instead of
+            a graph plus a dozen small kernel launches.
+        batch_sizes: U-Net alone only: compile for these U-Net batch sizes (2N rows for N sprites with
+            guidance), now, and run other sizes eager. The new path is swapped in once compiled, so
+            another thread may keep sampling on the old one meanwhile (the app warms up this way).
         """
+        whole_step = self.device.type == "cuda" if whole_step is None else whole_step
+        if whole_step and compile:
+            if batch_sizes is not None:
+                raise ValueError("batch_sizes applies to compiling the U-Net alone (whole_step=False)")
+            self.noise_predictor = fast_predictor(self.unet, compile=False, bf16=bf16)
+            self.step_function = compiled_step(self.denoise_step, self.device.type)
+            return
         predictor = fast_predictor(self.unet, compile=compile, bf16=bf16, batch_sizes=batch_sizes)
         size, contexts = self.unet.config.sample_size, len(self.context_names)
         with torch.inference_mode():  # sampling runs in inference mode: compile for that
@@ -86,6 +97,7 @@ class SpritePipeline(DiffusionPipeline):
                           torch.tensor(unet_timestep(self.num_train_steps), device=self.device),
                           torch.zeros(rows, contexts, device=self.device))
         self.noise_predictor = predictor
+        self.step_function = self.denoise_step
 
     def compile_in_background(self, num_images: int = 16) -> threading.Thread | None:
         """Compile for ``num_images`` sprites (N rows, 2N with guidance) in a thread; sample eager meanwhile.
@@ -107,6 +119,7 @@ class SpritePipeline(DiffusionPipeline):
     def disable_fast_sampling(self) -> None:
         """Back to the eager fp32 reference."""
         self.noise_predictor = eager_predictor(self.unet)
+        self.step_function = self.denoise_step
 
     @property
     def context_names(self) -> list[str]:
@@ -166,16 +179,29 @@ class SpritePipeline(DiffusionPipeline):
                 raise ValueError(f"{name} must be a number from 0 to 20, got {value!r}")
 
     # ---- the reverse process -----------------------------------------------------------
-    def predict_noise(self, sample: torch.Tensor, t: int, context: torch.Tensor,
-                      guidance_scale: float = 1.0) -> torch.Tensor:
-        """eps_hat(x_t, t, context); with guidance, pushed away from the unconditional estimate."""
-        timestep = torch.tensor(unet_timestep(t), device=sample.device)
-        if guidance_scale == 1.0:
-            return self.noise_predictor(sample, timestep, context)
-        both = self.noise_predictor(torch.cat([sample, sample]), timestep,
-                                    torch.cat([context, torch.zeros_like(context)]))
-        conditional, unconditional = both.chunk(2)
-        return unconditional + guidance_scale * (conditional - unconditional)
+    def denoise_step(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                     coefficients: torch.Tensor, extra_noise: torch.Tensor,
+                     guidance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reverse step: predict the noise in x_t, then remove it. Returns (x_{t_prev}, x0_hat).
+
+        coefficients: this step's row of NoiseSchedule.step_table (s1, s2, s3, sqrt(ab_t),
+        sqrt(1 - ab_t)); they are tensors, not Python numbers, so a compiled step serves every t.
+        guidance: None, or the classifier-free guidance scale, pushing eps_hat away from the
+        unconditional (zero context) estimate.
+        """
+        if guidance is None:
+            predicted_noise = self.noise_predictor(sample, timestep, context)
+        else:
+            both = self.noise_predictor(torch.cat([sample, sample]), timestep,
+                                        torch.cat([context, torch.zeros_like(context)]))
+            conditional, unconditional = both.chunk(2)
+            predicted_noise = unconditional + guidance * (conditional - unconditional)
+        s1, s2, s3, sqrt_alpha_bar, sqrt_one_minus_alpha_bar = coefficients.unbind()
+        predicted_clean = (sample - sqrt_one_minus_alpha_bar * predicted_noise) / sqrt_alpha_bar
+        # Re-adding noise (s3, extra_noise) keeps x on the distribution the net was trained on;
+        # the loop passes zeros at the last step, in the "collapse" demonstration, and for DDIM.
+        sample = s1 * (sample - s2 * predicted_noise) + s3 * extra_noise
+        return sample, predicted_clean
 
     def denoise(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,
                 sampler: str = "ddpm", add_noise: bool = True, noise_scale: float = 1.0,
@@ -198,24 +224,28 @@ class SpritePipeline(DiffusionPipeline):
                          generator: torch.Generator | None) -> Iterator[DenoiseStep]:
         size = self.unet.config.sample_size
         shape = (context_weights.shape[0], 3, size, size)
+        # Made in inference mode like every other input of the U-Net here, or a compiled U-Net would
+        # recompile (a guard on the tensor's dispatch keys) at the first request without guidance.
+        context_weights = context_weights.clone()
+        grid = timestep_grid(num_inference_steps, self.num_train_steps)
+        # Per-step numbers go to the device once, as tables: no copy from the host in the loop.
+        table = self.schedule.step_table(grid, sampler).to(self.device, torch.float32)
+        timesteps = torch.tensor([unet_timestep(t) for t, _ in grid], device=self.device)
+        guidance = None if guidance_scale == 1.0 else torch.tensor(guidance_scale, device=self.device)
+        no_noise = torch.zeros(shape, device=self.device)
+        pinned = self.device.type == "cuda"  # lets the copy to the GPU run without waiting for it
 
         # Noise is drawn on the CPU so a seed gives the same sprites on every device.
-        def gaussian() -> torch.Tensor:
-            return torch.randn(shape, generator=generator).to(self.device)
+        def gaussian(scale: float = 1.0) -> torch.Tensor:
+            noise = torch.randn(shape, generator=generator, pin_memory=pinned)
+            return (noise.mul_(scale) if scale != 1.0 else noise).to(self.device, non_blocking=True)
 
         sample = gaussian()
-        for index, (t, t_prev) in enumerate(timestep_grid(num_inference_steps, self.num_train_steps)):
-            predicted_noise = self.predict_noise(sample, t, context_weights, guidance_scale)
-            predicted_clean = self.schedule.predict_clean(sample, predicted_noise, t)
-            if sampler == "ddpm":
-                s1, s2, s3 = self.schedule.ddpm_coefficients(t, t_prev)
-                # Re-adding noise keeps x on the distribution the net was trained on;
-                # none at the last step, and none at all in the "collapse" demonstration.
-                extra_noise = gaussian() * noise_scale if add_noise and t_prev > 0 else 0.0
-                sample = s1 * (sample - s2 * predicted_noise) + s3 * extra_noise
-            else:
-                c_sample, c_noise = self.schedule.ddim_coefficients(t, t_prev)
-                sample = c_sample * sample + c_noise * predicted_noise
+        for index, (t, t_prev) in enumerate(grid):
+            readd = sampler == "ddpm" and add_noise and t_prev > 0
+            extra_noise = gaussian(noise_scale) if readd else no_noise
+            sample, predicted_clean = self.step_function(sample, timesteps[index], context_weights, table[index],
+                                                         extra_noise, guidance)
             yield DenoiseStep(index, t, sample, predicted_clean)
 
     def __call__(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,

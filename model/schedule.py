@@ -62,11 +62,6 @@ class NoiseSchedule:
         ab = ab.to(clean.dtype).reshape(-1, *([1] * (clean.dim() - 1)))
         return ab.sqrt() * clean + (1 - ab).sqrt() * noise
 
-    def predict_clean(self, sample: torch.Tensor, predicted_noise: torch.Tensor, t: int) -> torch.Tensor:
-        """x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t): what the net thinks the sprite is."""
-        ab = float(self.alpha_bar[t])
-        return (sample - (1 - ab) ** 0.5 * predicted_noise) / ab**0.5
-
     # ---- reverse process -------------------------------------------------------------
     def ddpm_coefficients(self, t: int, t_prev: int) -> tuple[float, float, float]:
         """s1, s2, s3 of the DDPM update from step t to t_prev.
@@ -92,6 +87,23 @@ class NoiseSchedule:
         c_sample = (ab_prev / ab) ** 0.5
         c_noise = (1 - ab_prev) ** 0.5 - c_sample * (1 - ab) ** 0.5
         return c_sample, c_noise
+
+    def step_table(self, grid: list[tuple[int, int]], sampler: str = "ddpm") -> torch.Tensor:
+        """(steps, 5) float64 rows s1, s2, s3, sqrt(ab_t), sqrt(1 - ab_t) for SpritePipeline.denoise_step.
+
+        DDIM is the same update with s1 = c_sample, s2 = -c_noise / c_sample and s3 = 0:
+        s1 * (x - s2 * eps) = c_sample * x + c_noise * eps.
+        """
+        rows = []
+        for t, t_prev in grid:
+            if sampler == "ddpm":
+                s1, s2, s3 = self.ddpm_coefficients(t, t_prev)
+            else:
+                c_sample, c_noise = self.ddim_coefficients(t, t_prev)
+                s1, s2, s3 = c_sample, -c_noise / c_sample, 0.0
+            ab = float(self.alpha_bar[t])
+            rows.append([s1, s2, s3, ab**0.5, (1 - ab) ** 0.5])
+        return torch.tensor(rows, dtype=torch.float64)
 
 
 def timestep_grid(num_inference_steps: int, num_train_steps: int = NUM_TRAIN_STEPS) -> list[tuple[int, int]]:

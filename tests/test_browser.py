@@ -1,9 +1,9 @@
 """A real browser uses the page: pick a context, generate, switch noise re-adding off, compare.
 
 Runs Debian's chromium through PyPI's playwright (never `playwright install`, which downloads
-a browser). Saves the README screenshots to docs/screenshots/ and checks that the page asked
-nothing of any host but the local server. Outside CI it skips when chromium or playwright is
-missing; in CI (CI=true) that is a failure.
+a browser). Takes the README's screenshots (into a temporary folder; with SAVE_SCREENSHOTS=1 into
+docs/screenshots/, to update them) and checks that the page asked nothing of any host but the local
+server. Outside CI it skips when chromium or playwright is missing; in CI (CI=true) that is a failure.
 """
 
 import os
@@ -17,7 +17,7 @@ import app
 from model import DEFAULT_MODEL_DIR, SpritePipeline, build_unet, load_pipeline, make_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -69,8 +69,10 @@ def wait_for_new_final(page, old: str | None) -> None:
     }""", arg=old, timeout=TIMEOUT_MS)
 
 
-def test_page_generates_sprites_without_outside_requests(sync_playwright, url):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def test_page_generates_sprites_without_outside_requests(sync_playwright, url, tmp_path):
+    # a test run leaves the tracked screenshots alone (their timings text differs every run)
+    screenshots = README_SCREENSHOTS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
     requested = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -87,26 +89,26 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url):
             generate.click()
             wait_for_new_final(page, None)
             assert "steps/s" in page.locator("body").inner_text()
-            page.screenshot(path=SCREENSHOTS / "generate.png", full_page=True)
+            page.screenshot(path=screenshots / "generate.png", full_page=True)
 
             page.get_by_label("Re-add noise (s3·z)").uncheck()
             with_noise = final_src(page)
             generate.click()
             wait_for_new_final(page, with_noise)
-            page.screenshot(path=SCREENSHOTS / "noise-off.png", full_page=True)
+            page.screenshot(path=screenshots / "noise-off.png", full_page=True)
 
             page.get_by_role("button", name="Compare: noise re-adding on vs off").click()
             page.get_by_text("Same seed (3)").wait_for(timeout=TIMEOUT_MS)
-            page.screenshot(path=SCREENSHOTS / "compare.png", full_page=True)
+            page.screenshot(path=screenshots / "compare.png", full_page=True)
 
             page.get_by_role("tab", name="Forward process").click()
             page.get_by_text("The same sprite at t = 0, 100, 250, 500").wait_for()
             page.wait_for_timeout(500)
-            page.screenshot(path=SCREENSHOTS / "forward.png", full_page=True)
+            page.screenshot(path=screenshots / "forward.png", full_page=True)
 
             page.get_by_role("tab", name="About").click()
             page.get_by_text("What the \"re-add noise\" toggle shows").wait_for()
-            page.screenshot(path=SCREENSHOTS / "about.png", full_page=True)
+            page.screenshot(path=screenshots / "about.png", full_page=True)
         finally:
             browser.close()
 
@@ -114,4 +116,4 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url):
                       and urlparse(u).hostname not in LOCAL_HOSTS})
     assert requested and not outside, f"the page requested outside hosts: {outside}"
     for name in ("generate", "noise-off", "compare", "forward", "about"):
-        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+        assert (screenshots / f"{name}.png").stat().st_size > 10_000

@@ -113,3 +113,44 @@ def test_compile_in_background_warms_the_default_request(pipes, compiled_rows, m
     fast.compile_in_background(num_images=2).join()
     assert compiled_rows == [2, 4] and fast.noise_predictor is not eager
     fast.disable_fast_sampling()
+
+
+@pytest.mark.parametrize("sampler,guidance_scale", [("ddpm", 1.0), ("ddpm", 2.0), ("ddim", 2.0)])
+def test_compiled_whole_step_matches_eager(pipes, sampler, guidance_scale):
+    """The GPU's default path (one compiled function per step), here on the CPU."""
+    reference, fast = pipes
+    fast.enable_fast_sampling(compile=True, whole_step=True)
+    ref_x, ref_img = _final(reference, sampler=sampler, guidance_scale=guidance_scale)
+    x, img = _final(fast, sampler=sampler, guidance_scale=guidance_scale)
+    assert (x - ref_x).abs().max() < 1e-3
+    assert np.abs(img.astype(int) - ref_img.astype(int)).max() <= 1
+    fast.disable_fast_sampling()
+
+
+def test_compiled_whole_step_compiles_once_for_every_step(pipes):
+    """Per-step numbers are tensors, so the compiled step serves every t without recompiling."""
+    from torch._dynamo.utils import counters
+
+    _, fast = pipes
+    fast.enable_fast_sampling(compile=True, whole_step=True)
+    _final(fast, sampler="ddpm", guidance_scale=3.0)
+    before = counters["stats"]["unique_graphs"]
+    _final(fast, sampler="ddpm", guidance_scale=1.5)  # another scale, other coefficients, other t
+    pipe_steps = []
+    fast("hero", num_images=2, num_inference_steps=20, seed=1, guidance_scale=2.5,
+         callback=lambda i, t, x, x0: pipe_steps.append(t))
+    assert len(pipe_steps) == 20 and counters["stats"]["unique_graphs"] == before
+    fast.disable_fast_sampling()
+
+
+def test_compiled_for_chosen_batch_sizes_serves_requests_without_recompiling(pipes):
+    """The app's warm-up compiles N and 2N rows; requests with and without guidance then reuse them."""
+    from torch._dynamo.utils import counters
+
+    _, fast = pipes
+    fast.enable_fast_sampling(compile=True, batch_sizes=(2, 4))
+    before = counters["stats"]["unique_graphs"]
+    _final(fast, sampler="ddpm", guidance_scale=2.0)
+    _final(fast, sampler="ddpm")
+    assert counters["stats"]["unique_graphs"] == before
+    fast.disable_fast_sampling()

@@ -161,3 +161,19 @@ def test_strided_ddpm_uses_effective_beta(pipe):
     assert math.isclose(s3**2, beta, rel_tol=1e-12)
     assert math.isclose(s1, 1 / math.sqrt(1 - beta), rel_tol=1e-12)
     assert math.isclose(s2, beta / math.sqrt(1 - float(ab[500])), rel_tol=1e-12)
+
+
+def test_step_table_writes_ddim_as_the_ddpm_update():
+    """s1 * (x - s2 * eps) with the DDIM row equals c_sample * x + c_noise * eps; s3 = 0 adds no noise."""
+    schedule = NoiseSchedule(make_scheduler())
+    grid = timestep_grid(7)
+    ddim, ddpm = schedule.step_table(grid, "ddim"), schedule.step_table(grid, "ddpm")
+    x, eps = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    for (t, t_prev), row, ddpm_row in zip(grid, ddim, ddpm, strict=True):
+        c_sample, c_noise = schedule.ddim_coefficients(t, t_prev)
+        s1, s2, s3, sqrt_ab, sqrt_one_minus_ab = row.tolist()
+        assert torch.allclose(s1 * (x - s2 * eps), c_sample * x + c_noise * eps, atol=1e-12)
+        assert s3 == 0
+        assert ddpm_row[:3].tolist() == pytest.approx(schedule.ddpm_coefficients(t, t_prev), rel=1e-15)
+        assert sqrt_ab**2 + sqrt_one_minus_ab**2 == pytest.approx(1)
+        assert sqrt_ab**2 == pytest.approx(float(schedule.alpha_bar[t]))
