@@ -24,7 +24,9 @@ for part in $PARTS; do
     sampling)  # the app's guidance 2; ours against the eager diffusers loop, and against our eager path
       timeout 300 "$PYTHON" benchmarks/sampling.py --device cuda --batches 1 16 64 --runs ddpm:500 ddim:50 \
         --guidance_scale 2 --check_eager 2>&1 | tee "$OUT/sampling.md" ;;
-    training)  # images/s of the default model's preset at batch 2,048, with and without torch.compile
+    training)  # the EMA update alone, then images/s of the default model's preset at batch 2,048, with and
+               # without torch.compile
+      timeout 60 "$PYTHON" benchmarks/training.py --device cuda --ema --presets tiny-g4 2>&1 | tee "$OUT/ema.md"
       timeout 240 "$PYTHON" benchmarks/training.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 2>&1 \
         | tee "$OUT/training.md"
       timeout 150 "$PYTHON" benchmarks/training.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 \

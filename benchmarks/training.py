@@ -9,6 +9,7 @@ so a machine that speeds up or slows down during the run (a shared VM does) bias
 
     python benchmarks/training.py                  # CPU
     python benchmarks/training.py --device cuda    # GPU: adds --mixed_precision bf16 etc.
+    python benchmarks/training.py --ema --presets tiny-g4   # the EMA update alone
 """
 
 from __future__ import annotations
@@ -91,6 +92,49 @@ def ours_images_per_second(preset: str, steps: int, extra: list[str]) -> float:
     return float(found.group(1))
 
 
+def ema_step_table(preset: str, device: torch.device, steps: int = 500, rounds: int = 2) -> None:
+    """The EMA update alone: diffusers' per-tensor loop against train.py's foreach one (ms per step, ops)."""
+    from diffusers.training_utils import EMAModel
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from training.train import ema_model
+
+    class CountOps(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountOps.count += 1
+            return func(*args, **(kwargs or {}))
+
+    unet = build_unet(len(load_dataset("default").context_names), preset).to(device)
+    makers = {"per tensor (EMAModel default)": lambda: EMAModel(unet.parameters()),
+              "foreach (train.ema_model)": lambda: ema_model(unet, 0.9999, 1.0, 0.75)}
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    ops = {}
+    for _ in range(rounds):  # alternate, so drift in the machine's speed biases neither
+        for name, make in makers.items():
+            ema = make()
+            for _ in range(20):
+                ema.step(unet.parameters())
+            CountOps.count = 0
+            with CountOps():
+                ema.step(unet.parameters())
+            ops[name] = CountOps.count
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                ema.step(unet.parameters())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    print(f"machine: {machine_name(device)}; {preset}, {sum(1 for _ in unet.parameters())} weight tensors; "
+          f"best of {rounds} alternating runs of {steps} EMA steps\n")
+    print("| EMA update | ms per step | PyTorch ops per step |\n| --- | --- | --- |")
+    for name in makers:
+        print(f"| {name} | {min(times[name]):.2f} | {ops[name]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -99,8 +143,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating baseline/ours rounds per model")
     parser.add_argument("--batch", type=int, default=None, help="our batch (default: 100 on CPU, 2048 on GPU)")
     parser.add_argument("--no_compile", action="store_true", help="GPU: ours without --torch_compile")
+    parser.add_argument("--ema", action="store_true", help="time the EMA update alone instead")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.ema:
+        if device.type == "cpu":
+            torch.set_num_threads(2)  # like train.py's runs on this 2-core VM
+        return ema_step_table(args.presets[0], device)
     gpu = device.type == "cuda"
     batch = args.batch or (2048 if gpu else 100)
     extra = ["--train_batch_size", str(batch)]

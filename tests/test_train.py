@@ -155,6 +155,39 @@ def test_fused_adamw_takes_the_same_steps_as_the_default_one():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_foreach_ema_takes_the_same_steps_in_a_few_kernels():
+    """train.ema_model updates all tensors with foreach kernels; its averages must be the per-tensor ones."""
+    from diffusers.training_utils import EMAModel
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    unet = build_unet(len(NAMES), "tiny")
+    ours = train.ema_model(unet, max_decay=0.999, inv_gamma=1.0, power=0.75)
+    reference = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    counts = []
+    for _ in range(5):
+        with torch.no_grad():
+            for param in unet.parameters():
+                param.add_(torch.randn_like(param) * 0.01)
+        with CountOps() as ops:
+            ours.step(unet.parameters())
+        counts.append(ops.count)
+        reference.step(unet.parameters())
+    for a, b in zip(ours.shadow_params, reference.shadow_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    tensors = len(list(unet.parameters()))
+    assert tensors > 50 and max(counts) <= 4, f"{max(counts)} ops for {tensors} tensors"
+
+
 def test_accelerate_launch_trains_pushes_and_the_app_loader_pulls_it_back(sprites, tmp_path, hub_server):
     out = tmp_path / "run"
     env = clean_env(tmp_path, HF_ENDPOINT=hub_server.url)

@@ -96,6 +96,13 @@ def adamw(params, **settings) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, **settings)
 
 
+def ema_model(unet: UNet2DModel, max_decay: float, inv_gamma: float, power: float) -> EMAModel:
+    """The EMA of the weights, updated with foreach kernels: two launches per step instead of three per
+    tensor, which is most of an EMA step's cost where launches are the bottleneck (small models on a GPU)."""
+    return EMAModel(unet.parameters(), decay=max_decay, use_ema_warmup=True, inv_gamma=inv_gamma, power=power,
+                    model_cls=UNet2DModel, model_config=unet.config, foreach=True)
+
+
 def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, context_names: list[str]) -> SpritePipeline:
     """A fresh SpritePipeline holding a copy of the weights (the EMA ones when there is an EMA)."""
     trained = accelerator.unwrap_model(unet)
@@ -178,8 +185,7 @@ def train(args: argparse.Namespace) -> int:
 
     ema = None
     if args.use_ema:
-        ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
-                       power=args.ema_power, model_cls=UNet2DModel, model_config=unet.config)
+        ema = ema_model(unet, args.ema_max_decay, args.ema_inv_gamma, args.ema_power)
         ema.to(device)
         checkpointing.register_ema(accelerator, ema)
     if args.channels_last:
