@@ -103,7 +103,8 @@ class SpritePipeline(DiffusionPipeline):
         """Compile for ``num_images`` sprites (N rows, 2N with guidance) in a thread; sample eager meanwhile.
 
         The app's way to fast sampling without making a request wait for a compile: other sizes
-        stay eager. CPU only (the GPU path is not measured yet); SPRITE_DISABLE_COMPILE=1 skips it.
+        stay eager. CPU only: on a GPU, enable_fast_sampling compiles the whole step instead (measured in
+        benchmarks/sampling.py, not yet inside the app). SPRITE_DISABLE_COMPILE=1 skips it.
         Returns the started thread, or None when skipped.
         """
         def work() -> None:
