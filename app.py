@@ -47,9 +47,9 @@ SAMPLERS = {"DDPM": "ddpm", "DDIM": "ddim"}
 MAX_SEED = 2**31 - 1
 MAX_WEIGHT = 10.0  # per context; the sliders stop at 2
 MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
-# Chosen by evaluation (README, "The default model"): guidance 2 lifts context accuracy and lowers the FD ratio.
-DEFAULT_GUIDANCE = 2.0
-DEFAULT_STEPS = 50  # about 2 s for 16 sprites on a 2-core CPU
+# Chosen by the quality study (docs/study.md): the fewest seconds that keep the bundled model's figures; DDIM 10
+# with guidance 2 draws 16 sprites in about 1.8 s on a 2-core CPU (compiled), DDPM 500 takes about 90 s.
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DDIM", 10, 2.0
 LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
 # Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
 LIVE_WIDTH, FINAL_WIDTH = 160, 560
@@ -107,7 +107,7 @@ class SpriteApp:
             raise invalid_input(str(err)) from None
 
     def generate(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
-                 sampler: str = "DDPM", add_noise: bool = True, noise_scale: float = 1.0,
+                 sampler: str = DEFAULT_SAMPLER, add_noise: bool = True, noise_scale: float = 1.0,
                  guidance_scale: float = DEFAULT_GUIDANCE, num_images: int = 16, seed: int = 0,
                  randomize_seed: bool = False,
                  progress: gr.Progress = PROGRESS):
@@ -246,7 +246,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                    for i, n in enumerate(names)]
                         weights = gr.Textbox(_format_weights(s.value for s in sliders), label="Context vector",
                                              info="One weight per context, as the U-Net receives it")
-                    sampler = gr.Radio(list(SAMPLERS), value="DDPM", label="Sampler",
+                    sampler = gr.Radio(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler",
                                        info="DDIM is deterministic and needs fewer steps")
                     steps = gr.Slider(1, pipe.num_train_steps, value=DEFAULT_STEPS, step=1, label="Steps")
                     with gr.Row():
@@ -400,7 +400,7 @@ def main() -> None:
     except ModelLoadError as err:
         raise SystemExit(f"Sprite Diffusion cannot start: {err}") from None
     demo = build_demo(pipe, note)
-    pipe.compile_in_background()  # serves eager until compiled (README, "Performance")
+    pipe.compile_in_background()  # serves eager until compiled (docs/performance.md)
     launch(demo)
 
 

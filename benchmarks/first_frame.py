@@ -1,6 +1,6 @@
 """Click-to-first-frame latency in a real browser: how soon the denoising starts to show.
 
-    python benchmarks/first_frame.py [--clicks 10] [--steps 50] [--sampler DDPM] [--guidance_scale 2]
+    python benchmarks/first_frame.py [--clicks 10] [--steps 10] [--sampler DDIM] [--guidance_scale 2]
 
 Serves the app on the bundled model on loopback, opens it in Debian's chromium (headless,
 through playwright), and per click measures in the page's own clock (performance.now): the
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--steps", type=int, default=app.DEFAULT_STEPS)
-    parser.add_argument("--sampler", choices=["DDPM", "DDIM"], default="DDPM")
+    parser.add_argument("--sampler", choices=["DDPM", "DDIM"], default=app.DEFAULT_SAMPLER)
     parser.add_argument("--guidance_scale", type=float, default=app.DEFAULT_GUIDANCE)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     args = parser.parse_args()

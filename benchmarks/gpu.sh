@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README's GPU figures, with the same scripts as on the CPU (needs requirements.txt's packages with
+# The GPU figures (docs/performance.md, docs/study.md), with the same scripts as on the CPU (needs requirements.txt's packages with
 # a CUDA build of PyTorch). Three parts, in order of importance; on the H100 this project used, sampling
-# took about 3 minutes, and the other two did not finish within the 2 and 3.3 minutes given them (README), so
+# took about 3 minutes, and the other two did not finish within the 2 and 3.3 minutes given them (docs/performance.md), so
 # give each part a call of its own where device time comes in slices. Each part has a time limit, so one
 # that hangs cannot take the others' time. Tables go to $OUT (runs/gpu), the time-to-quality run's
 # checkpoints to $RUNS (runs/gpu_ttq).
@@ -36,6 +36,9 @@ for part in $PARTS; do
       timeout 360 "$PYTHON" benchmarks/time_to_quality.py --config training/configs/gpu_bf16.yaml --max_steps 2500 \
         --every 1250 --output "$RUNS" 2>&1 | tee "$OUT/time_to_quality.md"
       cp "$RUNS/time_to_quality.json" "$OUT/" 2>/dev/null ;;
-    *) echo "unknown part $part (sampling, training, quality)" >&2; exit 2 ;;
+    study)  # the quality study (training/quality_study.py): every arm side by side, each time-boxed
+      timeout "${STUDY_LIMIT:-560}" "$PYTHON" -m training.quality_study --out "$RUNS/study" \
+        --max_train_minutes "${STUDY_MINUTES:-4.5}" --pack "$OUT" 2>&1 | tee "$OUT/study.log" ;;
+    *) echo "unknown part $part (sampling, training, quality, study)" >&2; exit 2 ;;
   esac
 done

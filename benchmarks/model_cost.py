@@ -1,6 +1,6 @@
 """CPU sampling cost of each model preset: ms per U-Net forward at batch 16.
 
-The cost side of the architecture study (README, "The default model"): with a free
+The cost side of the architecture study (docs/study-history.md): with a free
 Space's 2 cores, DDPM's 500 steps for 16 sprites must fit in a few seconds.
 
     python benchmarks/model_cost.py [--threads 2] [--batch 16] [--json runs/study/cost.json]

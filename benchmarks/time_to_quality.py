@@ -98,7 +98,7 @@ def main() -> None:
         unet = UNet2DModel.from_pretrained(folder / "ema", use_safetensors=True)
         if pipe is None:
             pipe = SpritePipeline(unet, make_scheduler(), evaluator.names).to(device)
-            if device.type == "cuda":  # the eager loop is launch-bound there (README, Performance)
+            if device.type == "cuda":  # the eager loop is launch-bound there (docs/performance.md)
                 pipe.enable_fast_sampling()
         else:  # in place: one compile serves every checkpoint
             pipe.unet.load_state_dict(unet.state_dict())

@@ -1,4 +1,4 @@
-"""Sprite grids and crisp upscaling, shared by the app, training sample grids and the README."""
+"""Sprite grids and crisp upscaling, shared by the app, training sample grids and the docs."""
 
 from __future__ import annotations
 

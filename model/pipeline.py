@@ -68,6 +68,7 @@ class SpritePipeline(DiffusionPipeline):
         self.register_modules(unet=attach_context_embedding(unet), scheduler=scheduler)
         self.register_to_config(context_names=names)
         self.schedule = NoiseSchedule(scheduler)
+        self.predicts_velocity = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
         self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
         self.step_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.denoise_step
 
@@ -191,13 +192,16 @@ class SpritePipeline(DiffusionPipeline):
         unconditional (zero context) estimate.
         """
         if guidance is None:
-            predicted_noise = self.noise_predictor(sample, timestep, context)
+            output = self.noise_predictor(sample, timestep, context)
         else:
             both = self.noise_predictor(torch.cat([sample, sample]), timestep,
                                         torch.cat([context, torch.zeros_like(context)]))
             conditional, unconditional = both.chunk(2)
-            predicted_noise = unconditional + guidance * (conditional - unconditional)
+            output = unconditional + guidance * (conditional - unconditional)
         s1, s2, s3, sqrt_alpha_bar, sqrt_one_minus_alpha_bar = coefficients.unbind()
+        # A v-prediction model outputs v = sqrt(ab) noise - sqrt(1 - ab) x0; the noise is one line away.
+        predicted_noise = sqrt_alpha_bar * output + sqrt_one_minus_alpha_bar * sample if self.predicts_velocity \
+            else output
         predicted_clean = (sample - sqrt_one_minus_alpha_bar * predicted_noise) / sqrt_alpha_bar
         # Re-adding noise (s3, extra_noise) keeps x on the distribution the net was trained on;
         # the loop passes zeros at the last step, in the "collapse" demonstration, and for DDIM.

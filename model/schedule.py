@@ -28,17 +28,24 @@ def course_betas(num_steps: int = NUM_TRAIN_STEPS, beta_start: float = BETA_STAR
     return b[1:]
 
 
-def make_scheduler(num_steps: int = NUM_TRAIN_STEPS) -> DDPMScheduler:
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def make_scheduler(num_steps: int = NUM_TRAIN_STEPS, prediction_type: str = "epsilon") -> DDPMScheduler:
     """A stock DDPMScheduler carrying the course's schedule, saved with the model.
 
-    ``fixed_large`` (sigma^2 = beta_t) is the course's s3; no clipping, epsilon prediction.
+    ``fixed_large`` (sigma^2 = beta_t) is the course's s3; no clipping. prediction_type says what the
+    U-Net outputs: the noise ("epsilon", the course's) or v = sqrt(ab) noise - sqrt(1 - ab) x0
+    (Salimans and Ho 2022), which the pipeline turns back into the noise before the update.
     """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
     return DDPMScheduler(
         num_train_timesteps=num_steps,
         trained_betas=course_betas(num_steps).tolist(),
         variance_type="fixed_large",
         clip_sample=False,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
 
 
@@ -61,6 +68,17 @@ class NoiseSchedule:
         ab = self.alpha_bar.to(clean.device)[torch.as_tensor(t, device=clean.device)]
         ab = ab.to(clean.dtype).reshape(-1, *([1] * (clean.dim() - 1)))
         return ab.sqrt() * clean + (1 - ab).sqrt() * noise
+
+    def velocity(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The v-prediction target sqrt(ab_t) noise - sqrt(1 - ab_t) x_0."""
+        ab = self.alpha_bar.to(clean.device)[torch.as_tensor(t, device=clean.device)]
+        ab = ab.to(clean.dtype).reshape(-1, *([1] * (clean.dim() - 1)))
+        return ab.sqrt() * noise - (1 - ab).sqrt() * clean
+
+    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """Signal-to-noise ratio ab_t / (1 - ab_t) at course step t (for min-SNR loss weighting)."""
+        ab = self.alpha_bar.to(torch.as_tensor(t).device)[t]
+        return ab / (1 - ab)
 
     # ---- reverse process -------------------------------------------------------------
     def ddpm_coefficients(self, t: int, t_prev: int) -> tuple[float, float, float]:

@@ -48,9 +48,9 @@ def _levels(channels: tuple[int, ...], attention: bool) -> dict:
             "add_attention": attention}
 
 
-# Model sizes compared in the architecture study (README); "tiny-g4" is the bundled default model. The "-gN"
-# variants change only the number of GroupNorm groups (diffusers' default is 32), which the study found
-# matters more than width for how fast a sprite model learns.
+# Model sizes compared in the studies (docs/study.md, docs/study-history.md); "medium1-g16" is the bundled
+# default model. The "-gN" variants change only the number of GroupNorm groups (diffusers' default is 32),
+# which the first study found matters more than width for how fast a sprite model learns.
 PRESETS: dict[str, dict] = {
     "tiny": {**_levels((16, 32, 32), True), "layers_per_block": 1, "norm_num_groups": 8},
     "tiny-g4": {**_levels((16, 32, 32), True), "layers_per_block": 1, "norm_num_groups": 4},
@@ -62,6 +62,11 @@ PRESETS: dict[str, dict] = {
     "base-noattn": {**_levels((32, 64, 128), False), "layers_per_block": 2},
     "medium": {**_levels((64, 128, 128), True), "layers_per_block": 2},
     "large": {**_levels((64, 128, 256), True), "layers_per_block": 2},
+    # The quality study's arms (docs/study.md): 4-8 channels per GroupNorm group at every width.
+    "small2-g8": {**_levels((32, 64, 64), True), "layers_per_block": 2, "norm_num_groups": 8},
+    "medium1-g16": {**_levels((64, 128, 128), True), "layers_per_block": 1, "norm_num_groups": 16},
+    "medium-g16": {**_levels((64, 128, 128), True), "layers_per_block": 2, "norm_num_groups": 16},
+    "large-g16": {**_levels((64, 128, 256), True), "layers_per_block": 2, "norm_num_groups": 16},
 }
 
 

@@ -237,7 +237,8 @@ def test_bundled_model_with_the_page_defaults(monkeypatch, tmp_path):
     pipe, note = app.load_model()
     assert note == "**Model:** the bundled default." and pipe.context_names == NAMES
     outputs = list(app.SpriteApp(pipe, tmp_path).generate(seed=1))  # the defaults the page starts with
-    assert Image.open(outputs[-1][4]).size == (64, 64) and "50 DDPM steps" in outputs[-1][5]
+    assert Image.open(outputs[-1][4]).size == (64, 64)
+    assert f"{app.DEFAULT_STEPS} {app.DEFAULT_SAMPLER} steps" in outputs[-1][5]
 
 
 # ---- the launched app, through gradio_client ----------------------------------------------------

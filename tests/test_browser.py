@@ -1,7 +1,7 @@
 """A real browser uses the page: pick a context, generate, switch noise re-adding off, compare.
 
 Runs Debian's chromium through PyPI's playwright (never `playwright install`, which downloads
-a browser). Takes the README's screenshots (into a temporary folder; with SAVE_SCREENSHOTS=1 into
+a browser). Takes the docs' screenshots (into a temporary folder; with SAVE_SCREENSHOTS=1 into
 docs/screenshots/, to update them) and checks that the page asked nothing of any host but the local
 server. Outside CI it skips when chromium or playwright is missing; in CI (CI=true) that is a failure.
 """

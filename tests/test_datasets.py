@@ -306,3 +306,31 @@ def test_hub_bad_columns_and_labels(hub_root):
         load_dataset("hub:tester/unlabelled")
     with pytest.raises(DatasetError, match="hub:a/b/c: expected hub:OWNER/NAME"):
         load_dataset("hub:a/b/c")
+
+
+def test_palette_downscale_picks_a_colour_of_each_block():
+    """Most frequent colour; darkest on a tie; the medoid when all four differ: never an in-between colour."""
+    white, black, red, grey = (255, 255, 255), (0, 0, 0), (200, 0, 0), (120, 120, 120)
+    blocks = [[[white, white], [white, red]],  # majority: white
+              [[white, black], [black, white]],  # 2-2 tie: the darker, black (outlines survive)
+              [[(255, 100, 100), (100, 255, 100)], [(30, 30, 30), (100, 100, 100)]],  # all differ: closest to the rest
+              [[grey, grey], [grey, grey]]]
+    tile = np.concatenate([np.array(b, np.uint8) for b in blocks], axis=1)[None]  # (1, 2, 8, 3)
+    small = sd.palette_downscale(tile)
+    assert small.shape == (1, 1, 4, 3)
+    assert [tuple(int(v) for v in c) for c in small[0, 0]] == [white, black, (100, 100, 100), grey]
+    with pytest.raises(DatasetError, match="even sizes"):
+        sd.palette_downscale(np.zeros((1, 3, 4, 3), np.uint8))
+
+
+def test_default_dataset_keeps_the_32px_palette_unless_asked_for_area_averages():
+    with np.load(sd.DEFAULT_NPZ) as z:
+        big, area = z["images32"][:50], z["images16"][:50]
+    images = load_dataset("default").images[:50]
+    palette = ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    for small, large in zip(palette, big, strict=True):
+        assert set(map(tuple, small.reshape(-1, 3))) <= set(map(tuple, large.reshape(-1, 3)))
+    averaged = ((load_dataset("default", downscale="area").images[:50].permute(0, 2, 3, 1) + 1) * 127.5).round()
+    assert np.array_equal(averaged.to(torch.uint8).numpy(), area)
+    with pytest.raises(DatasetError, match="downscale must be one of"):
+        load_dataset("default", downscale="nearest")

@@ -1,6 +1,6 @@
 """Every fast sampling path matches the eager fp32 reference within the stated tolerance.
 
-Tolerances (README, "Performance"): torch.compile in fp32 changes only the order of float
+Tolerances (docs/performance.md): torch.compile in fp32 changes only the order of float
 operations, so the final samples agree to 1e-3 in [-1, 1] units (and the uint8 sprites to
 at most 1 level). bf16 autocast rounds activations to 8 bits of mantissa, so it is held to
 a looser bound: final uint8 sprites within 8 levels on average.

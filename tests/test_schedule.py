@@ -177,3 +177,34 @@ def test_step_table_writes_ddim_as_the_ddpm_update():
         assert ddpm_row[:3].tolist() == pytest.approx(schedule.ddpm_coefficients(t, t_prev), rel=1e-15)
         assert sqrt_ab**2 + sqrt_one_minus_ab**2 == pytest.approx(1)
         assert sqrt_ab**2 == pytest.approx(float(schedule.alpha_bar[t]))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_an_exact_prediction_recovers_the_clean_sprite_for_either_prediction_type(prediction_type, tmp_path):
+    """A v-prediction model's output is turned back into the noise before the course's update; given the
+    exact target (noise, or v = sqrt(ab) noise - sqrt(1 - ab) x0), x0_hat is the clean sprite, and a step to
+    t - 1 lands on the DDPM posterior mean."""
+    pipe = SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(prediction_type=prediction_type), NAMES)
+    pipe.save_pretrained(tmp_path)
+    assert SpritePipeline.from_pretrained(tmp_path).predicts_velocity == (prediction_type == "v_prediction")
+    schedule = pipe.schedule
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, 16, 16, generator=generator, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(2, 3, 16, 16, generator=generator, dtype=torch.float64)
+    t = 300
+    x_t = schedule.add_noise(x0, noise, t)
+    target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
+    pipe.noise_predictor = lambda sample, timestep, context: target
+    row = schedule.step_table([(t, t - 1)], "ddpm")[0]
+    sample, predicted_clean = pipe.denoise_step(x_t, torch.tensor(t - 1), torch.zeros(2, len(NAMES)), row,
+                                                torch.zeros_like(x0))
+    torch.testing.assert_close(predicted_clean, x0)
+    ab, ab_prev = schedule.alpha_bar[t], schedule.alpha_bar[t - 1]
+    beta = 1 - ab / ab_prev
+    posterior_mean = (ab_prev.sqrt() * beta * x0 + (ab / ab_prev).sqrt() * (1 - ab_prev) * x_t) / (1 - ab)
+    torch.testing.assert_close(sample, posterior_mean)
+
+
+def test_make_scheduler_refuses_an_unknown_prediction_type():
+    with pytest.raises(ValueError, match="prediction_type must be one of epsilon, v_prediction"):
+        make_scheduler(prediction_type="sample")

@@ -108,7 +108,7 @@ def test_noisy_batch_is_correct_ddpm_noising_with_uniform_steps_and_context_drop
     n = 20000
     x0 = torch.rand(n, 3, 2, 2) * 2 - 1
     context = torch.eye(3)[torch.arange(n) % 3]
-    noisy, t, dropped, noise = train.noisy_batch(x0, context, schedule, context_dropout=0.1, hflip=False)
+    noisy, t, dropped, noise, _ = train.noisy_batch(x0, context, schedule, context_dropout=0.1, hflip=False)
     assert t.min() == 1 and t.max() == schedule.num_steps  # every step of 1..T can be drawn
     assert abs(t.double().mean().item() - (schedule.num_steps + 1) / 2) < 5  # uniform: mean 250.5
     ab = schedule.alpha_bar[t].float().view(-1, 1, 1, 1)
@@ -124,13 +124,32 @@ def test_hflip_mirrors_about_half_of_the_batch():
     schedule = NoiseSchedule(make_scheduler())
     x0 = torch.arange(4.0).repeat(1000, 3, 4, 1) / 4  # rows 0 1 2 3: asymmetric
     torch.manual_seed(1)
-    noisy, t, _, noise = train.noisy_batch(x0, torch.ones(1000, 1), schedule, 0.0, hflip=True)
+    noisy, t, _, noise, _ = train.noisy_batch(x0, torch.ones(1000, 1), schedule, 0.0, hflip=True)
     ab = schedule.alpha_bar[t].float().view(-1, 1, 1, 1)
     clean = (noisy - (1 - ab).sqrt() * noise) / ab.sqrt()
     flipped = torch.isclose(clean, x0.flip(-1), atol=1e-3).flatten(1).all(1)
     same = torch.isclose(clean, x0, atol=1e-3).flatten(1).all(1)
     assert bool((flipped ^ same).all())
     assert 400 < int(flipped.sum()) < 600
+
+
+def test_diffusion_loss_regresses_noise_or_v_with_optional_min_snr_weights():
+    schedule = NoiseSchedule(make_scheduler())
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(3, 3, 4, 4, generator=generator) * 2 - 1, torch.randn(3, 3, 4, 4, generator=generator)
+    t = torch.tensor([1, 250, 500])  # SNR about 1e4, 0.7 and 0.006
+    zero = torch.zeros_like(x0)
+    per_sample = (noise**2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(train.diffusion_loss(zero, x0, noise, t, schedule), per_sample.mean())
+    v = schedule.velocity(x0, noise, t)
+    torch.testing.assert_close(v, schedule.alpha_bar[t].sqrt().float().view(-1, 1, 1, 1) * noise
+                               - (1 - schedule.alpha_bar[t]).sqrt().float().view(-1, 1, 1, 1) * x0)
+    torch.testing.assert_close(train.diffusion_loss(zero, x0, noise, t, schedule, "v_prediction"), (v**2).mean())
+    # min-SNR-5: the easy step t = 1 is weighted down to 5 / SNR; the noisy ones keep weight 1 (epsilon).
+    snr = schedule.snr(t).float()
+    weighted = train.diffusion_loss(zero, x0, noise, t, schedule, snr_gamma=5.0)
+    torch.testing.assert_close(weighted, (per_sample * torch.tensor([5 / snr[0], 1.0, 1.0])).mean())
+    assert snr[0] > 1000 and snr[2] < 0.01
 
 
 # ---- end to end ------------------------------------------------------------------------------
@@ -448,3 +467,42 @@ def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys):
     assert train.main(args) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# ---- the recipe ---------------------------------------------------------------------------------
+RECIPE_FLAGS = ("dataset", "resolution", "downscale", "model_config", "train_batch_size", "max_train_steps",
+                "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1",
+                "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "prediction_type", "snr_gamma",
+                "context_dropout", "use_ema", "ema_inv_gamma", "ema_power", "ema_max_decay", "seed")
+
+
+def test_max_train_minutes_stops_early_and_still_saves_the_model(sprites, tmp_path):
+    out = tmp_path / "boxed"
+    args = tiny_args(sprites, out, "--max_train_steps", "50", "--max_train_minutes", "0.0001",
+                     "--checkpointing_steps", "0", "--save_images_steps", "0")
+    result = run([sys.executable, TRAIN, *args], clean_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--max_train_minutes 0.0001 reached at step 1 of 50" in result.stderr
+    assert all((out / name).is_file() for name in PIPELINE_FILES)
+    assert "| steps | 1 |" in (out / "README.md").read_text()
+
+
+def test_the_defaults_are_the_bundled_models_recipe():
+    """`accelerate launch training/train.py` with no flags trains the bundled model's architecture and recipe.
+
+    The bundled model's own flags are model/default/training_args.json. Its run also had a time box
+    (--max_train_minutes 3 on one H200, which stopped it at step 4,750 of the 6,000 the cosine schedule
+    spans): a time box is about the machine, not the recipe, so it is not a default.
+    """
+    from model.loading import DEFAULT_MODEL_DIR
+    from training.options import parse_args
+
+    defaults = vars(parse_args([]))
+    shipped = json.loads((DEFAULT_MODEL_DIR / "training_args.json").read_text())
+    assert {k: defaults[k] for k in RECIPE_FLAGS} == {k: shipped[k] for k in RECIPE_FLAGS}
+    built = build_unet(5, defaults["model_config"], defaults["resolution"]).config
+    bundled = json.loads((DEFAULT_MODEL_DIR / "unet" / "config.json").read_text())
+    architecture = ("block_out_channels", "layers_per_block", "norm_num_groups", "down_block_types",
+                    "up_block_types", "add_attention", "sample_size", "num_class_embeds", "in_channels")
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in built.items() if k in architecture} == \
+        {k: bundled[k] for k in architecture}

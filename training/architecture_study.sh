@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The architecture study (README, "The default model"): train each preset for the same budget
+# The architecture study (docs/study-history.md): train each preset for the same budget
 # with the same recipe, then evaluate it. Run several copies side by side on different cores,
 # e.g. with one thread each on a 2-core machine:
 #   OMP_NUM_THREADS=1 bash training/architecture_study.sh base small-noattn &

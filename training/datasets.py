@@ -79,6 +79,28 @@ def _resize_array(images: np.ndarray, resolution: int) -> np.ndarray:
     return np.stack([fit_pixel_art(Image.fromarray(im), resolution) for im in images])
 
 
+def palette_downscale(images: np.ndarray) -> np.ndarray:
+    """(N, 2R, 2R, 3) uint8 -> (N, R, R, 3): each 2x2 block becomes one of its own colours.
+
+    Area averaging invents in-between colours the pixel art never had (a 1-pixel outline turns into a
+    grey smear); picking one of the block's pixels keeps the art's palette. The pick: the block's most
+    frequent colour, the darkest on a tie (outlines survive); when all four differ, the medoid (the
+    colour closest to the other three), so a smooth gradient does not turn dark.
+    """
+    n, h, w, _ = images.shape
+    if h % 2 or w % 2:
+        raise DatasetError(f"palette downscale needs even sizes, got {h}x{w}")
+    blocks = images.reshape(n, h // 2, 2, w // 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4, 3)
+    b = blocks.astype(np.int64)
+    codes = (b[..., 0] << 16) | (b[..., 1] << 8) | b[..., 2]
+    counts = (codes[..., :, None] == codes[..., None, :]).sum(-1)
+    spread = np.abs(b[..., :, None, :] - b[..., None, :, :]).sum((-1, -2))  # L1 distance to the other three
+    luma = b @ np.array([299, 587, 114])
+    tie_break = np.where(counts.max(-1, keepdims=True) > 1, luma, spread)  # both < 10^6
+    pick = (counts * 10**7 - tie_break).argmax(-1)
+    return np.take_along_axis(blocks, pick[..., None, None], axis=3)[..., 0, :]
+
+
 def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
     """Labels must be (N, C) with entries 0 or 1 and at least one 1 per row."""
     if labels.ndim != 2 or labels.shape[1] == 0:
@@ -112,14 +134,26 @@ def _make(images: np.ndarray, labels: np.ndarray, names: list[str], resolution: 
 
 # ----------------------------------------------------------------------------- loaders
 
-def default_sprites(resolution: int = 16) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Bundled sprites as uint8 (N, R, R, 3), one-hot labels (N, 5) and context names."""
+DOWNSCALES = ("palette", "area")
+
+
+def default_sprites(resolution: int = 16, downscale: str = "palette") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Bundled sprites as uint8 (N, R, R, 3), one-hot labels (N, 5) and context names.
+
+    downscale: how the 16 px sprites come from the 32 px tiles: "palette" (palette_downscale) or
+    "area" (the 2x2 mean stored in the file).
+    """
+    if downscale not in DOWNSCALES:
+        raise DatasetError(f"downscale must be one of {', '.join(DOWNSCALES)}, got {downscale!r}")
     if not DEFAULT_NPZ.exists():
         raise DatasetError(f"{DEFAULT_NPZ}: bundled dataset missing; rebuild it: python -m training.build_dataset")
     with np.load(DEFAULT_NPZ, allow_pickle=False) as z:
         labels, names = z["labels"], [str(s) for s in z["context_names"]]
-        key = f"images{resolution}" if f"images{resolution}" in z.files else "images32"
-        images = _resize_array(z[key], resolution)
+        if resolution == 16 and downscale == "palette":
+            images = palette_downscale(z["images32"])
+        else:
+            key = f"images{resolution}" if f"images{resolution}" in z.files else "images32"
+            images = _resize_array(z[key], resolution)
     return images, labels, names
 
 
@@ -303,12 +337,16 @@ def load_hub(repo: str, revision: str | None = None, split: str = "train", image
 
 def load_dataset(spec: str = "default", *, resolution: int = 16, context_names: list[str] | None = None,
                  labels_path: str | None = None, image_column: str = "image", label_column: str = "label",
-                 revision: str | None = None, split: str = "train", hflip: bool = True) -> SpriteDataset:
-    """Load any supported dataset (see the module docstring) at the training resolution."""
+                 revision: str | None = None, split: str = "train", hflip: bool = True,
+                 downscale: str = "palette") -> SpriteDataset:
+    """Load any supported dataset (see the module docstring) at the training resolution.
+
+    downscale applies to the bundled set (see default_sprites).
+    """
     if resolution < 1:
         raise DatasetError(f"resolution: must be positive, got {resolution}")
     if spec == "default":
-        images, labels, names = default_sprites(resolution)
+        images, labels, names = default_sprites(resolution, downscale)
         names = _names(context_names, labels.shape[1], names, str(DEFAULT_NPZ))
     elif spec.startswith("hub:"):
         images, labels, names = load_hub(spec[4:], revision, split, image_column, label_column, context_names,
@@ -347,6 +385,8 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     g.add_argument("--dataset_split", default="train", help="Hub dataset split")
     g.add_argument("--no_hflip", action="store_true", help="turn off random horizontal flips")
     g.add_argument("--resolution", type=int, default=16, help="training resolution in pixels")
+    g.add_argument("--downscale", choices=DOWNSCALES, default="palette",
+                   help="bundled set at 16 px: keep the 32 px art's palette, or average 2x2 areas")
     return parser
 
 
@@ -355,4 +395,4 @@ def dataset_from_args(args: argparse.Namespace) -> SpriteDataset:
     return load_dataset(args.dataset, resolution=args.resolution, context_names=args.context_names,
                         labels_path=args.dataset_labels, image_column=args.image_column,
                         label_column=args.label_column, revision=args.dataset_revision,
-                        split=args.dataset_split, hflip=not args.no_hflip)
+                        split=args.dataset_split, hflip=not args.no_hflip, downscale=args.downscale)

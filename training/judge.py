@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     judge, config = train_judge(images, labels, list(data.context_names), epochs=args.epochs, seed=args.seed,
                                   hflip=not args.no_hflip)
     config["dataset"] = {"spec": args.dataset, "labels": args.dataset_labels, "revision": args.dataset_revision,
-                         "split": args.dataset_split}
+                         "split": args.dataset_split, "downscale": args.downscale}
     save_judge(judge, config, args.output)
     print(json.dumps({k: config[k] for k in ("heldout_accuracy", "heldout_accuracy_per_context", "num_heldout",
                                              "parameters")}, indent=2))

@@ -1,4 +1,4 @@
-"""README figures from a model: a sample grid per context, and the same seeds without noise re-adding.
+"""Docs figures from a model: a sample grid per context, and the same seeds without noise re-adding.
 
     python -m training.make_figures --model model/default --output docs/figures
 """

@@ -9,6 +9,7 @@ from pathlib import Path
 from diffusers.optimization import SchedulerType
 
 from model.loading import MAX_SAMPLE_SIZE
+from model.schedule import PREDICTION_TYPES
 from model.unet import PRESETS
 from training.datasets import add_dataset_args
 
@@ -23,24 +24,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train the sprite U-Net on a laptop CPU, one GPU or many.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataset_args(p)
-    p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="base",
+    p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="medium1-g16",
                    help=f"model size preset ({', '.join(PRESETS)}) or a UNet config .json")
     p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible training")
+    p.add_argument("--seed", type=int, default=0, help="seed for reproducible training")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=100, help="batch size per process")
+    g.add_argument("--train_batch_size", type=int, default=256, help="batch size per process")
     g.add_argument("--num_epochs", type=int, default=100)
-    g.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_epochs")
+    g.add_argument("--max_train_steps", type=int, default=6000, help="overrides --num_epochs (0: use --num_epochs)")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=5e-4)
+    g.add_argument("--learning_rate", type=float, default=1e-3)
     g.add_argument("--lr_scheduler", default="cosine",
                    choices=[s.value for s in SchedulerType if s.value != "piecewise_constant"])
-    g.add_argument("--lr_warmup_steps", type=int, default=100)
+    g.add_argument("--lr_warmup_steps", type=int, default=200)
     g.add_argument("--adam_beta1", type=float, default=0.95)
     g.add_argument("--adam_beta2", type=float, default=0.999)
     g.add_argument("--adam_weight_decay", type=float, default=1e-6)
     g.add_argument("--adam_epsilon", type=float, default=1e-8)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
+                   help="what the U-Net learns to output: the noise (the course's) or v")
+    g.add_argument("--snr_gamma", type=float, default=None,
+                   help="min-SNR-gamma loss weighting (5 is the paper's); default: plain MSE")
+    g.add_argument("--max_train_minutes", type=float, default=None,
+                   help="stop at the first logging step after this many minutes and save (a time-boxed run)")
     g.add_argument("--context_dropout", type=float, default=0.1,
                    help="probability of zeroing a sample's context (the unconditional case guidance needs)")
     g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
@@ -85,13 +92,16 @@ def check_args(args: argparse.Namespace) -> None:
     """Reject bad values before anything slow happens; make sure the output folder is writable."""
     positive = ["train_batch_size", "num_epochs", "gradient_accumulation_steps", "logging_steps",
                 "samples_per_context", "sample_steps"]
-    for name in positive + ["max_train_steps", "checkpoints_total_limit"]:
+    for name in positive + ["checkpoints_total_limit"]:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be at least 1, got {value}")
-    for name in ("checkpointing_steps", "save_images_steps", "eval_samples", "lr_warmup_steps"):
+    for name in ("max_train_steps", "checkpointing_steps", "save_images_steps", "eval_samples", "lr_warmup_steps"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} must not be negative, got {getattr(args, name)}")
+    for name in ("snr_gamma", "max_train_minutes"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
     if not 0 <= args.context_dropout <= 1:
         raise ConfigError(f"--context_dropout must be between 0 and 1, got {args.context_dropout}")
     if not 1 <= args.resolution <= MAX_SAMPLE_SIZE:

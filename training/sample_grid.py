@@ -7,13 +7,17 @@ training progress; the final grid goes into the model card.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from model import MAX_IMAGES, SpritePipeline, make_grid, upscale
+from training.judge import to_uint8_images
 
 GRID_SEED = 0
+SHEET_GAP_GREY = (128, 128, 128)  # between real and generated sprites in a comparison sheet
+SHEET_SCALE = 4
 GRID_SCALE = 4  # 16 px sprites are hard to see; nearest-neighbour keeps them crisp
 
 
@@ -33,4 +37,43 @@ def save_grid(grid: np.ndarray, path: str | Path, scale: int = GRID_SCALE) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     upscale(grid, scale).save(path)
+    return path
+
+
+def comparison_sheet(evaluator_or_real: Any, samples_uint8: np.ndarray,
+                     requested: np.ndarray, per_context: int = 8, seed: int = 0) -> np.ndarray:
+    """A uint8 sheet, one row per context: `per_context` real sprites (seeded choice), a grey gap, then as many
+    samples asked for that context (seeded choice); grey cells where a context has fewer.
+
+    Side by side at the same pixel size, speckle, off-white backgrounds and muddy colours show at a glance.
+    evaluator_or_real: an Evaluator, or (real sprites (N, R, R, 3) uint8, their context indices (N,)).
+    """
+    if hasattr(evaluator_or_real, "real"):  # a training.evaluate.Evaluator
+        real, labels, contexts = evaluator_or_real.real, evaluator_or_real.labels, len(evaluator_or_real.names)
+    else:
+        real, labels = to_uint8_images(evaluator_or_real[0]), np.asarray(evaluator_or_real[1])
+        contexts = int(max(labels.max(), np.max(requested))) + 1
+    samples, requested = to_uint8_images(samples_uint8), np.asarray(requested)
+    if samples.ndim != 4 or samples.shape[1:] != real.shape[1:] or len(requested) != len(samples):
+        raise ValueError(f"a comparison sheet needs samples shaped like the real sprites {real.shape[1:]} and one "
+                         f"context per sample, got samples {samples.shape} and {len(requested)} contexts")
+    if not isinstance(per_context, int) or per_context < 1:
+        raise ValueError(f"per_context must be a whole number of at least 1, got {per_context!r}")
+    rng = np.random.default_rng(seed)
+    gap = np.empty(real.shape[1:], np.uint8)
+    gap[:] = SHEET_GAP_GREY
+
+    def pick(pool: np.ndarray) -> list[np.ndarray]:
+        chosen = pool[np.sort(rng.choice(len(pool), min(per_context, len(pool)), replace=False))]
+        return list(chosen) + [gap] * (per_context - len(chosen))
+
+    cells = [cell for c in range(contexts) for cell in (*pick(real[labels == c]), gap, *pick(samples[requested == c]))]
+    return make_grid(np.stack(cells), ncols=2 * per_context + 1, background=SHEET_GAP_GREY)
+
+
+def save_comparison_sheet(sheet: np.ndarray, path: str | Path, scale: int = SHEET_SCALE) -> Path:
+    """The sheet as a PNG, enlarged by a whole factor with nearest neighbours so every sprite pixel stays sharp."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    upscale(sheet, scale).save(path, format="PNG")
     return path

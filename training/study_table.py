@@ -4,7 +4,7 @@ Reads what `training/architecture_study.sh` and `benchmarks/model_cost.py --json
 
     python -m training.study_table runs/study            # runs/study/<preset>/eval.json + runs/study/cost.json
 
-and prints one Markdown row per preset, smallest first, for the README's "The default model".
+and prints one Markdown row per preset, smallest first, for docs/study-history.md.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ from training.sample_grid import context_grid, save_grid  # noqa: E402
 
 logger = get_logger(__name__)
 def noisy_batch(x0: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule, context_dropout: float,
-                hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training input: (x_t, course step t in 1..T, context with dropout, the noise to predict)."""
+                hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training input: (x_t, course step t in 1..T, context with dropout, the noise, x0 as flipped)."""
     n = x0.shape[0]
     if hflip:
         flip = torch.rand(n, device=x0.device) < 0.5
@@ -59,7 +59,24 @@ def noisy_batch(x0: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule
         context = context * (torch.rand(n, device=x0.device) >= context_dropout)[:, None]
     noise = torch.randn_like(x0)
     t = torch.randint(1, schedule.num_steps + 1, (n,), device=x0.device)
-    return schedule.add_noise(x0, noise, t), t, context, noise
+    return schedule.add_noise(x0, noise, t), t, context, noise, x0
+
+
+def diffusion_loss(predicted: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   schedule: NoiseSchedule, prediction_type: str = "epsilon",
+                   snr_gamma: float | None = None) -> torch.Tensor:
+    """MSE against the noise (the course's target) or against v, optionally min-SNR-gamma weighted.
+
+    Min-SNR (Hang et al. 2023) caps the weight of the easy, low-noise steps at gamma / SNR, so they stop
+    dominating the gradient: per sample min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v.
+    """
+    target = noise if prediction_type == "epsilon" else schedule.velocity(x0, noise, t)
+    if snr_gamma is None:
+        return F.mse_loss(predicted.float(), target.float())
+    per_sample = F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    snr = schedule.snr(t).float()
+    weight = snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+    return (per_sample * weight).mean()
 
 
 class BatchIndices(torch.utils.data.Dataset):
@@ -103,14 +120,16 @@ def ema_model(unet: UNet2DModel, max_decay: float, inv_gamma: float, power: floa
                     model_cls=UNet2DModel, model_config=unet.config, foreach=True)
 
 
-def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, context_names: list[str]) -> SpritePipeline:
+def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, context_names: list[str],
+                    prediction_type: str = "epsilon") -> SpritePipeline:
     """A fresh SpritePipeline holding a copy of the weights (the EMA ones when there is an EMA)."""
     trained = accelerator.unwrap_model(unet)
     copy = UNet2DModel.from_config(trained.config)
     copy.load_state_dict(trained.state_dict())
     if ema is not None:
         ema.copy_to(copy.parameters())
-    pipe = SpritePipeline(copy.to(accelerator.device).eval(), make_scheduler(), context_names)
+    pipe = SpritePipeline(copy.to(accelerator.device).eval(), make_scheduler(prediction_type=prediction_type),
+                          context_names)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -223,6 +242,7 @@ def train(args: argparse.Namespace) -> int:
     first_epoch, skip = divmod(global_step, steps_per_epoch)
     if global_step >= max_steps:  # resumed from the last checkpoint (killed before the export): no extra step
         first_epoch = num_epochs
+    deadline = time.monotonic() + 60 * args.max_train_minutes if args.max_train_minutes else None
     unet.train()
     for epoch in range(first_epoch, num_epochs):
         loader.set_epoch(epoch)
@@ -231,13 +251,13 @@ def train(args: argparse.Namespace) -> int:
         for idx in batches:
             if args.debug_record_indices:
                 seen.append(idx.tolist())
-            x0 = images[idx]
-            noisy, t, context, noise = noisy_batch(x0, contexts[idx], schedule, args.context_dropout, dataset.hflip)
+            noisy, t, context, noise, x0 = noisy_batch(images[idx], contexts[idx], schedule, args.context_dropout,
+                                                       dataset.hflip)
             if args.channels_last:
                 noisy = noisy.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(unet):
                 predicted = unet(noisy, unet_timestep(t), class_labels=context).sample
-                loss = F.mse_loss(predicted.float(), noise.float())
+                loss = diffusion_loss(predicted, x0, noise, t, schedule, args.prediction_type, args.snr_gamma)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -278,6 +298,13 @@ def train(args: argparse.Namespace) -> int:
                 save_outputs(accelerator, unet, ema, names, args, global_step, final=False)
             if args.debug_step_delay:
                 time.sleep(args.debug_step_delay)
+            if deadline is not None and global_step % args.logging_steps == 0 and global_step < max_steps:
+                # All processes reach this step together and agree through one reduce, so they stop together.
+                late = torch.tensor(float(time.monotonic() >= deadline), device=device)
+                if accelerator.reduce(late, "max").item() > 0:
+                    logger.warning(f"--max_train_minutes {args.max_train_minutes:g} reached at step {global_step} "
+                                   f"of {max_steps}; saving what was trained", main_process_only=True)
+                    max_steps = global_step
             if global_step >= max_steps:
                 break
         if global_step >= max_steps:
@@ -306,7 +333,7 @@ def save_outputs(accelerator: Accelerator, unet, ema: EMAModel | None, names: li
                  step: int, final: bool, summary: dict | None = None) -> int:
     """Main process: sample grid; at the end (or --push_at_checkpoints) the pipeline, card and push."""
     output_dir = Path(args.output_dir)
-    pipe = export_pipeline(accelerator, unet, ema, names)
+    pipe = export_pipeline(accelerator, unet, ema, names, args.prediction_type)
     grid = context_grid(pipe, args.samples_per_context, args.sample_steps, args.sample_sampler)
     save_grid(grid, output_dir / "samples" / f"step_{step:06d}.png")
     if args.logger == "tensorboard":
