@@ -47,8 +47,8 @@ SAMPLERS = {"DDPM": "ddpm", "DDIM": "ddim"}
 MAX_SEED = 2**31 - 1
 MAX_WEIGHT = 10.0  # per context; the sliders stop at 2
 MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
-# Chosen by the quality study (docs/study.md): the fewest seconds that keep the bundled model's figures; DDIM 10
-# with guidance 2 draws 16 sprites in about 1.8 s on a 2-core CPU (compiled), DDPM 500 takes about 90 s.
+# Chosen by the quality study (docs/study.md): with the bundled model, DDIM 10 and guidance 2 keep the context
+# accuracy of 25-50 steps and draw 16 sprites in about 1.4 s on a 2-core CPU (compiled); DDPM 500 takes ~90 s.
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DDIM", 10, 2.0
 LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
 # Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
@@ -250,7 +250,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                        info="DDIM is deterministic and needs fewer steps")
                     steps = gr.Slider(1, pipe.num_train_steps, value=DEFAULT_STEPS, step=1, label="Steps")
                     with gr.Row():
-                        add_noise = gr.Checkbox(True, label="Re-add noise (s3·z)", info="Off shows the collapse")
+                        add_noise = gr.Checkbox(True, label="Re-add noise (s3·z)",
+                                                info="DDPM only; off shows the collapse")
                         noise_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Noise scale")
                     guidance = gr.Slider(0, 5, value=DEFAULT_GUIDANCE, step=0.1, label="Guidance scale",
                                          info="1 is off; above 1 pushes away from the unconditional sprite")

@@ -91,6 +91,7 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             assert "steps/s" in page.locator("body").inner_text()
             page.screenshot(path=screenshots / "generate.png", full_page=True)
 
+            page.get_by_label("DDPM", exact=True).check()  # the collapse needs DDPM: DDIM re-adds no noise
             page.get_by_label("Re-add noise (s3·z)").uncheck()
             with_noise = final_src(page)
             generate.click()
