@@ -38,7 +38,7 @@ except ImportError:
         return fn
 
 try:  # the bundled sprites for the forward-process tab; without them, uploads still work
-    from training.datasets import default_sprites, fit_pixel_art
+    from training.sprite_data import default_sprites, fit_pixel_art
 except ImportError:
     default_sprites = fit_pixel_art = None
 
@@ -174,8 +174,8 @@ class SpriteApp:
         except InputError as err:
             raise invalid_input(str(err)) from None
         clean = self.as_sprite(sprite)
-        copies = noisy_copies(clean, self.pipe.schedule, [t, *STRIP])
-        ab = float(self.pipe.schedule.alpha_bar[t])
+        copies = noisy_copies(clean, self.pipe.noise_schedule, [t, *STRIP])
+        ab = float(self.pipe.noise_schedule.alpha_bar[t])
         formula = (f"$$x_{{{t}}} = \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + \\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon"
                    f" = {ab ** 0.5:.3f}\\,x_0 + {(1 - ab) ** 0.5:.3f}\\,\\epsilon$$")
         strip = [(upscale(c, 8), f"t = {s}") for c, s in zip(copies[1:], STRIP, strict=True)]

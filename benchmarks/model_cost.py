@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import best_time, forward_flops, machine_name  # noqa: E402
 from model import PRESETS, build_unet  # noqa: E402
 

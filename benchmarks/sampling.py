@@ -11,15 +11,12 @@ scheduler's ``step`` at every step. Ours is SpritePipeline with its fast path
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import best_time, forward_flops, machine_name, peak_flops  # noqa: E402
 from model import load_pipeline  # noqa: E402
 

@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine_name  # noqa: E402
 from model import NoiseSchedule, build_unet, make_scheduler, unet_timestep  # noqa: E402
-from training.datasets import load_dataset  # noqa: E402
+from training.sprite_data import load_dataset  # noqa: E402
 
 
 def naive_images_per_second(preset: str, steps: int, device: torch.device) -> float:
@@ -70,7 +69,7 @@ def naive_images_per_second(preset: str, steps: int, device: torch.device) -> fl
 
 def naive_in_fresh_process(preset: str, steps: int, device: torch.device) -> float:
     """naive_images_per_second in its own interpreter, as train.py runs in its own."""
-    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from benchmarks.training import "
+    code = ("import sys, torch; from benchmarks.training import "
             "naive_images_per_second as run; print(run(sys.argv[2], int(sys.argv[3]), torch.device(sys.argv[4])))")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), preset, str(steps), str(device)],
                             capture_output=True, text=True, cwd=ROOT)

@@ -67,7 +67,7 @@ class SpritePipeline(DiffusionPipeline):
                 f"{len(names)} contexts ({', '.join(names)})")
         self.register_modules(unet=attach_context_embedding(unet), scheduler=scheduler)
         self.register_to_config(context_names=names)
-        self.schedule = NoiseSchedule(scheduler)
+        self.noise_schedule = NoiseSchedule(scheduler)  # alpha_bar and the step table; self.scheduler is diffusers'
         self.predicts_velocity = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
         self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
         self.step_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.denoise_step
@@ -129,7 +129,7 @@ class SpritePipeline(DiffusionPipeline):
 
     @property
     def num_train_steps(self) -> int:
-        return self.schedule.num_steps
+        return self.noise_schedule.num_steps
 
     # ---- input checking ----------------------------------------------------------------
     def context_vector(self, context: ContextSpec | None, num_images: int) -> torch.Tensor:
@@ -234,7 +234,7 @@ class SpritePipeline(DiffusionPipeline):
         context_weights = context_weights.clone()
         grid = timestep_grid(num_inference_steps, self.num_train_steps)
         # Per-step numbers go to the device once, as tables: no copy from the host in the loop.
-        table = self.schedule.step_table(grid, sampler).to(self.device, torch.float32)
+        table = self.noise_schedule.step_table(grid, sampler).to(self.device, torch.float32)
         timesteps = torch.tensor([unet_timestep(t) for t, _ in grid], device=self.device)
         guidance = None if guidance_scale == 1.0 else torch.tensor(guidance_scale, device=self.device)
         no_noise = torch.zeros(shape, device=self.device)

@@ -46,6 +46,9 @@ def make_scheduler(num_steps: int = NUM_TRAIN_STEPS, prediction_type: str = "eps
         variance_type="fixed_large",
         clip_sample=False,
         prediction_type=prediction_type,
+        # A stock diffusers loop (set_timesteps(n), then step) then visits the timesteps SpritePipeline does
+        # (499, 489, ..., 9 for n = 50; timestep_grid), so the saved model samples the same either way.
+        timestep_spacing="trailing",
     )
 
 

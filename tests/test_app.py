@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from gradio.route_utils import delete_files_created_by_app
+from gradio import route_utils
 from gradio_client import Client
 from PIL import Image
 
@@ -228,6 +228,7 @@ def test_model_source_falls_back_to_the_bundled_model_and_says_so(tiny_dir, tmp_
     demo.close()
 
 
+@pytest.mark.slow
 def test_bundled_model_with_the_page_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("MODEL_ID", raising=False)
     try:
@@ -263,13 +264,16 @@ def call(client, **changes):
     return updates, job.outputs()
 
 
+@pytest.mark.slow
 def test_api_lists_named_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert set(api) == {"/generate", "/compare", "/forward"}
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(FAST)
 
 
+@pytest.mark.slow
 def test_api_streams_before_the_final_result(client):
+    submitted = time.perf_counter()
     job = client.submit(**{**FAST, "num_inference_steps": 120}, api_name="/generate")
     arrivals = []
     for update in job:
@@ -277,11 +281,14 @@ def test_api_streams_before_the_final_result(client):
     first_time, done_at_first, first = arrivals[0]
     assert len(arrivals) == app.LIVE_FRAMES + 1 and not done_at_first
     assert first[0] is not None and first[2] is None  # a live frame, no final sprites yet
-    assert arrivals[-1][0] - first_time > 0.1  # it really came before, not in one burst at the end
+    # It really came before, not in one burst at the end: the updates spread over most of the request's time
+    # (a share, not seconds, so a fast machine passes too).
+    assert arrivals[-1][0] - first_time > 0.3 * (arrivals[-1][0] - submitted)
     final = arrivals[-1][2]
     assert Path(final[2]).is_file() and Path(final[3]).suffix == ".gif" and Path(final[4]).suffix == ".png"
 
 
+@pytest.mark.slow
 def test_api_same_seed_same_sprites_noise_off_differs(client):
     once, again = call(client)[1], call(client)[1]
     no_noise = call(client, add_noise=False)[1]
@@ -289,6 +296,7 @@ def test_api_same_seed_same_sprites_noise_off_differs(client):
     assert not np.array_equal(final_sprites(once), final_sprites(no_noise))
 
 
+@pytest.mark.slow
 def test_api_bad_input_gets_an_error_and_the_server_keeps_answering(client, capfd):
     cases = [(name, value, words) for name, value, words in BAD_INPUTS if not isinstance(value, float)
              or math.isfinite(value)]  # NaN and infinity are not JSON: the client cannot send them
@@ -303,22 +311,28 @@ def test_api_bad_input_gets_an_error_and_the_server_keeps_answering(client, capf
     assert Path(client.predict(**FAST, api_name="/generate")[2]).is_file()
 
 
+@pytest.mark.slow
 def test_api_compare(client):
     with_noise, without_noise, caption, seed = client.predict(**COMPARE, api_name="/compare")
     assert seed == 7 and "Same seed" in caption
     assert not np.array_equal(np.asarray(Image.open(with_noise)), np.asarray(Image.open(without_noise)))
 
 
+@pytest.mark.slow
 def test_generated_files_are_removed_by_the_cache_cleanup(server, client):
     demo, _ = server
     sheet = Path(client.predict(**FAST, api_name="/generate")[4]).name  # sprites-<run>.png
     folder = Path(demo.GRADIO_CACHE) / "sprite-diffusion"
     files = [folder / sheet, folder / sheet.replace("sprites-", "denoising-").replace(".png", ".gif")]
     assert all(f.is_file() for f in files) and demo.delete_cache == (600, 1800)
-    delete_files_created_by_app(demo, None)  # what delete_cache runs every 10 minutes, for files over 30 minutes old
+    # What delete_cache runs every 10 minutes, looked up where gradio's task looks it up: app.py's wrapper (a
+    # reference taken at import time could be gradio's own, depending on which test module imported app first).
+    assert route_utils.delete_files_created_by_app is app._cleanup_on_snapshots
+    route_utils.delete_files_created_by_app(demo, None)  # for files over 30 minutes old
     assert not any(f.exists() for f in files)
 
 
+@pytest.mark.slow
 def test_full_queue_answers_busy_at_once(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(app, "QUEUE_SIZE", 1)
     demo = app.build_demo(load_pipeline(tiny_dir), "", tmp_path)

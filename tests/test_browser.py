@@ -16,6 +16,8 @@ import torch
 import app
 from model import DEFAULT_MODEL_DIR, SpritePipeline, build_unet, load_pipeline, make_scheduler
 
+pytestmark = pytest.mark.slow  # starts processes, servers, compiles or a browser: pytest -m 'not slow' skips it
+
 ROOT = Path(__file__).resolve().parents[1]
 README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,8 +9,8 @@ import pytest
 
 from training import build_nethack_dataset as nh
 from training.build_dataset import arrays_sha256
-from training.datasets import BACKGROUND, load_course_arrays, load_dataset
 from training.judge import fingerprint
+from training.sprite_data import BACKGROUND, load_course_arrays, load_dataset
 
 DATA = Path(nh.__file__).resolve().parents[1] / "data" / "nethack"
 COUNTS = {"monster": 393, "weapon": 68, "item": 213, "effect": 86}  # as in docs/dataset-nethack.md

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from training import build_dataset as bd
-from training.datasets import BACKGROUND, DEFAULT_NPZ
+from training.sprite_data import BACKGROUND, DEFAULT_NPZ
 
 
 def png(rgba: np.ndarray) -> bytes:

@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training import datasets as sd
-from training.datasets import BACKGROUND, COURSE_CONTEXTS, DatasetError, load_dataset
+from training import sprite_data as sd
+from training.sprite_data import BACKGROUND, COURSE_CONTEXTS, DatasetError, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,6 +155,7 @@ def test_hub_array_images_and_multi_hot(hub_root):
     assert torch.allclose(ds.images[1], expected)
 
 
+@pytest.mark.slow
 def test_hub_npy_repo_from_offline_cache(tmp_path):
     sha = "a" * 40
     repo = tmp_path / "hf" / "hub" / "datasets--tester--course"
@@ -164,7 +165,7 @@ def test_hub_npy_repo_from_offline_cache(tmp_path):
     course_pair(repo / "snapshots" / sha, n=7)
     code = (
         "import sys\n"
-        "from training.datasets import load_dataset, DatasetError\n"
+        "from training.sprite_data import load_dataset, DatasetError\n"
         "d = load_dataset('hub:tester/course', revision=sys.argv[1])\n"
         "print('pinned', tuple(d.images.shape), d.context_names)\n"
         "print('main', len(load_dataset('hub:tester/course')))\n"

@@ -6,10 +6,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from model import DEFAULT_MODEL_DIR, load_pipeline
 from training.evaluate import default_judge_dir
 from training.judge import judge_outputs, load_judge
+
+pytestmark = pytest.mark.slow  # starts processes, servers, compiles or a browser: pytest -m 'not slow' skips it
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -43,7 +43,7 @@ REQUIRED_FIELDS = {
 
 @dataclass
 class ShapesDataset:
-    """Duck-types training.datasets.SpriteDataset: images (N, 3, R, R) in [-1, 1], one-hot contexts."""
+    """Duck-types training.sprite_data.SpriteDataset: images (N, 3, R, R) in [-1, 1], one-hot contexts."""
 
     images: torch.Tensor
     contexts: torch.Tensor

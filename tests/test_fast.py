@@ -12,6 +12,8 @@ import torch
 
 from model import SpritePipeline, build_unet, make_scheduler
 
+pytestmark = pytest.mark.slow  # starts processes, servers, compiles or a browser: pytest -m 'not slow' skips it
+
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
 
 

@@ -37,6 +37,8 @@ import app
 from model import load_pipeline
 from training import checkpointing
 
+pytestmark = pytest.mark.slow  # starts processes, servers, compiles or a browser: pytest -m 'not slow' skips it
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 

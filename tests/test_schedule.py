@@ -86,8 +86,8 @@ def _reference_step(pipe, x_t, t, context, z):
     """The course's DDPM update in float64, from the pipeline's own x_t."""
     b, a, ab = course_schedule()
     # ab from the scheduler (the only schedule we have); b_t, a_t from it exactly as the course defines them
-    ab_t = float(pipe.schedule.alpha_bar[t])
-    a_t = ab_t / float(pipe.schedule.alpha_bar[t - 1])
+    ab_t = float(pipe.noise_schedule.alpha_bar[t])
+    a_t = ab_t / float(pipe.noise_schedule.alpha_bar[t - 1])
     b_t = 1 - a_t
     assert abs(b_t - b[t]) / b[t] < 1e-3  # the same schedule as the course's, again
     with torch.no_grad():
@@ -96,6 +96,7 @@ def _reference_step(pipe, x_t, t, context, z):
     return s1 * (x_t.double() - s2 * eps) + s3 * z
 
 
+@pytest.mark.slow  # 500 steps twice in float64
 @pytest.mark.parametrize("add_noise", [True, False])
 def test_ddpm_step_matches_float64_reference(pipe, add_noise):
     steps = []
@@ -126,10 +127,11 @@ def test_same_seed_same_sprites_and_noise_off_draws_nothing_after_start(pipe):
     assert not (deterministic.array == with_noise.array).all()
 
 
+@pytest.mark.slow  # 500 steps in float64
 def test_noise_free_loop_matches_reference(pipe):
     """add_noise=False over all 500 steps equals the course's loop with z = 0, in float64."""
     _, _, ab_course = course_schedule()
-    ab = pipe.schedule.alpha_bar
+    ab = pipe.noise_schedule.alpha_bar
     context = pipe.context_vector("spell", 2)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)).double()
     for t in range(500, 0, -1):
@@ -155,8 +157,8 @@ def test_ddim_single_step_returns_predicted_clean(pipe):
 
 def test_strided_ddpm_uses_effective_beta(pipe):
     """With skipped steps, s3^2 is 1 - ab_t / ab_prev: the variance of the whole jump."""
-    ab = pipe.schedule.alpha_bar
-    s1, s2, s3 = pipe.schedule.ddpm_coefficients(500, 490)
+    ab = pipe.noise_schedule.alpha_bar
+    s1, s2, s3 = pipe.noise_schedule.ddpm_coefficients(500, 490)
     beta = 1 - float(ab[500] / ab[490])
     assert math.isclose(s3**2, beta, rel_tol=1e-12)
     assert math.isclose(s1, 1 / math.sqrt(1 - beta), rel_tol=1e-12)
@@ -187,7 +189,7 @@ def test_an_exact_prediction_recovers_the_clean_sprite_for_either_prediction_typ
     pipe = SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(prediction_type=prediction_type), NAMES)
     pipe.save_pretrained(tmp_path)
     assert SpritePipeline.from_pretrained(tmp_path).predicts_velocity == (prediction_type == "v_prediction")
-    schedule = pipe.schedule
+    schedule = pipe.noise_schedule
     generator = torch.Generator().manual_seed(0)
     x0 = torch.rand(2, 3, 16, 16, generator=generator, dtype=torch.float64) * 2 - 1
     noise = torch.randn(2, 3, 16, 16, generator=generator, dtype=torch.float64)
@@ -208,3 +210,39 @@ def test_an_exact_prediction_recovers_the_clean_sprite_for_either_prediction_typ
 def test_make_scheduler_refuses_an_unknown_prediction_type():
     with pytest.raises(ValueError, match="prediction_type must be one of epsilon, v_prediction"):
         make_scheduler(prediction_type="sample")
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [pytest.param("ddpm", 500, marks=pytest.mark.slow), ("ddim", 50),
+                                               ("ddim", 10)])
+def test_a_stock_diffusers_loop_on_the_saved_model_draws_the_same_sprites(sampler, steps, tmp_path):
+    """One truth with diffusers: the saved scheduler config, loaded into DDPMScheduler or DDIMScheduler, visits
+    SpritePipeline's timesteps and, with the same noise, lands on the same sprites (float tolerance).
+
+    DDPM with fewer steps visits the same timesteps too, but differs by design: diffusers' "fixed_large"
+    re-adds noise of variance beta_t, one step's worth, while the course's s3 over a jump of several steps
+    is that jump's beta, 1 - ab_t / ab_prev (docs/about.md), which keeps the variances consistent.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from model import load_pipeline, unet_timestep
+
+    torch.manual_seed(0)
+    SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(), NAMES).save_pretrained(tmp_path)
+    pipe = load_pipeline(tmp_path)
+    context = torch.eye(len(NAMES))[[0, 2, 4, 1]]
+    ours = pipe(context, num_images=4, num_inference_steps=steps, sampler=sampler,
+                generator=torch.Generator().manual_seed(3))
+
+    scheduler = (DDPMScheduler if sampler == "ddpm" else DDIMScheduler).from_pretrained(tmp_path, subfolder="scheduler")
+    for n in (steps, 50, 25, 10):
+        scheduler.set_timesteps(n)
+        assert scheduler.timesteps.tolist() == [unet_timestep(t) for t, _ in timestep_grid(n)]
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(3)
+    sample = torch.randn(4, 3, 16, 16, generator=generator)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            noise = pipe.unet(sample, t, class_labels=context).sample
+            sample = scheduler.step(noise, t, sample, generator=generator).prev_sample
+    stock = ((sample.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert abs(stock.astype(int) - ours.array.astype(int)).max() <= 1

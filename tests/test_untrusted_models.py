@@ -22,7 +22,7 @@ from conftest import HUB_TOKEN, NAMES
 from safetensors.torch import load_file, save_file
 
 from model import ModelLoadError, load_pipeline
-from training import datasets as sprite_datasets
+from training import sprite_data as sprite_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -169,6 +169,7 @@ def load_from_hub(url: str, hf_home: Path, repos: list) -> tuple[dict, str]:
     return answers, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a stand-in Hub server
 def test_hub_repos_deliver_only_configs_and_safetensors_and_errors_hold_no_token(tiny_dir, tmp_path, hub_server):
     marker = tmp_path / "ran"
     trapped = tmp_path / "trapped"

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -25,9 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as a script: import `training` from the repo root, not training/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-from training.datasets import BACKGROUND, DEFAULT_NPZ  # noqa: E402
+from training.sprite_data import BACKGROUND, DEFAULT_NPZ  # noqa: E402
 
 CONTEXTS = ["hero", "non-hero", "food", "spell", "item"]
 ARRAYS_SHA256 = "860a2bd99a0d51f5cb9881c354056b8b72b752e8b0aec98968064796072995d4"

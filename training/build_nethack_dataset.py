@@ -14,18 +14,15 @@ ARRAYS_SHA256, so a rebuild can be checked byte for byte.
 
 import argparse
 import re
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: import `training` from the repo root, not training/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 from model.images import make_grid, upscale  # noqa: E402
 from training.build_dataset import Source, arrays_sha256, fetch  # noqa: E402
-from training.datasets import BACKGROUND  # noqa: E402
+from training.sprite_data import BACKGROUND  # noqa: E402
 
 CONTEXTS = ["monster", "weapon", "item", "effect"]
 ARRAYS_SHA256 = "90b94319b3caad6abc38c11e466193ec251b98df56da68fd0da8f1b6563f3c10"

@@ -88,14 +88,14 @@ def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
 class Evaluator:
     """The real-data side (judge, splits, features, references), computed once for any number of runs.
 
-    dataset: a dataset spec for ``training.datasets.load_dataset`` or an object with ``images``
+    dataset: a dataset spec for ``training.sprite_data.load_dataset`` or an object with ``images``
     ((N, 3, R, R) in [-1, 1]), ``contexts`` ((N, C)) and ``context_names`` (e.g. a SpriteDataset).
     """
 
     def __init__(self, dataset: Any = "default", judge_dir: str | Path | None = None, *, resolution: int = 16,
                  memorisation_threshold: float = MEMORISATION_THRESHOLD, name: str | None = None):
         if isinstance(dataset, str | Path):
-            from training.datasets import load_dataset
+            from training.sprite_data import load_dataset
 
             name = name or str(dataset)
             judge_dir = judge_dir or default_judge_dir(str(dataset))
@@ -381,8 +381,8 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, An
 
 def main(argv: list[str] | None = None) -> None:
     from model import ModelLoadError, load_pipeline
-    from training.datasets import DatasetError, add_dataset_args, dataset_from_args
     from training.sample_grid import SHEET_SCALE, comparison_sheet, save_comparison_sheet
+    from training.sprite_data import DatasetError, add_dataset_args, dataset_from_args
 
     parser = argparse.ArgumentParser(description="Evaluate a sprite model with the dataset's judge; prints JSON.")
     parser.add_argument("--model", default=None, help="model folder or Hub repo id (default: the bundled model)")

@@ -229,7 +229,7 @@ def load_judge(folder: str | Path) -> tuple[Judge, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.datasets import DatasetError, add_dataset_args, dataset_from_args
+    from training.sprite_data import DatasetError, add_dataset_args, dataset_from_args
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_dataset_args(parser)

@@ -11,7 +11,7 @@ from diffusers.optimization import SchedulerType
 from model.loading import MAX_SAMPLE_SIZE
 from model.schedule import PREDICTION_TYPES
 from model.unet import PRESETS
-from training.datasets import add_dataset_args
+from training.sprite_data import add_dataset_args
 
 PRIVATE_ARGS = ("hub_token", "output_dir", "logging_dir")  # never in the card, the logs or training_args.json
 

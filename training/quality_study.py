@@ -139,7 +139,7 @@ def run_key(sampler: str, steps: int, guidance: float | None) -> str:
 
 def score_arm(name: str, spec: dict[str, Any], samples: dict[str, np.ndarray],
               evaluators: dict[tuple, Evaluator]) -> list[dict[str, Any]]:
-    from training.datasets import load_dataset
+    from training.sprite_data import load_dataset
 
     names = spec["context_names"].split(",") if spec["context_names"] else None
     downscale = "area" if "area" in spec["flags"] else "palette"

@@ -23,13 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, sys.path[0] is training/, whose datasets.py would shadow Hugging Face `datasets`.
-if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "training":
-    sys.path[0] = str(ROOT)
-elif str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
@@ -43,9 +36,9 @@ from tqdm.auto import tqdm  # noqa: E402
 from model import NoiseSchedule, SpritePipeline, make_scheduler, unet_timestep  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 from training import checkpointing, hub  # noqa: E402
-from training.datasets import DatasetError, dataset_from_args  # noqa: E402
 from training.options import ConfigError, check_args, parse_args, public_settings  # noqa: E402
 from training.sample_grid import context_grid, save_grid  # noqa: E402
+from training.sprite_data import DatasetError, dataset_from_args  # noqa: E402
 
 logger = get_logger(__name__)
 def noisy_batch(x0: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule, context_dropout: float,

@@ -9,9 +9,7 @@ Every bad input raises DatasetError naming the file or field, never a library's 
 """
 
 import argparse
-import importlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,18 +227,10 @@ def load_image_folder(root: str | Path, resolution: int = 16,
 
 
 def _hf_datasets():
-    """Import Hugging Face `datasets`, not this file, which has the same name when training/ is on sys.path."""
-    here = Path(__file__).resolve().parent
-    mod = sys.modules.get("datasets")
-    if mod is not None and Path(getattr(mod, "__file__", "") or ".").resolve().parent != here:
-        return mod
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    sys.modules.pop("datasets", None)
-    try:
-        return importlib.import_module("datasets")
-    finally:
-        sys.path[:] = saved
+    """Hugging Face `datasets`, imported on first use: it is slow to import and only the hub: specs need it."""
+    import datasets
+
+    return datasets
 
 
 def _hub_npy(repo: str, revision: str | None, image_column: str, label_column: str,
