@@ -142,6 +142,8 @@ class SpriteApp:
         sheet = save_sheet(sprites, self.file_dir / f"sprites-{name}.png")
         stats = (f"**{len(sprites)} sprites, {n} {args['sampler'].upper()} steps in {seconds:.2f} s** "
                  f"({n / seconds:.1f} steps/s), seed {seed}")
+        if getattr(self.pipe, "compiling", False):
+            stats += " · this run was eager: the compiled U-Net is still being built (a minute or two after a start)"
         yield current, predicted, display_grid(sprites, FINAL_WIDTH), str(gif), str(sheet), stats, seed
 
     def compare(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,

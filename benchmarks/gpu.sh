@@ -26,10 +26,10 @@ for part in $PARTS; do
         --guidance_scale 2 --check_eager 2>&1 | tee "$OUT/sampling.md" ;;
     training)  # the EMA update alone, then images/s of the default model's preset at batch 2,048, with and
                # without torch.compile
-      timeout 60 "$PYTHON" benchmarks/training.py --device cuda --ema --presets tiny-g4 2>&1 | tee "$OUT/ema.md"
-      timeout 240 "$PYTHON" benchmarks/training.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 2>&1 \
+      timeout 60 "$PYTHON" benchmarks/training_speed.py --device cuda --ema --presets tiny-g4 2>&1 | tee "$OUT/ema.md"
+      timeout 240 "$PYTHON" benchmarks/training_speed.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 2>&1 \
         | tee "$OUT/training.md"
-      timeout 150 "$PYTHON" benchmarks/training.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 \
+      timeout 150 "$PYTHON" benchmarks/training_speed.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 \
         --no_compile 2>&1 | tee "$OUT/training_eager.md" ;;
     quality)  # the CPU run's recipe (batch 128, 2,500 steps, a checkpoint every 1,250), eager training
       rm -rf "$RUNS"

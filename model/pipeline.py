@@ -71,6 +71,7 @@ class SpritePipeline(DiffusionPipeline):
         self.predicts_velocity = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
         self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
         self.step_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.denoise_step
+        self.compiling = False  # True while compile_in_background works
 
     def enable_fast_sampling(self, compile: bool = True, bf16: bool = False,
                              batch_sizes: Collection[int] | None = None, whole_step: bool | None = None) -> None:
@@ -106,14 +107,17 @@ class SpritePipeline(DiffusionPipeline):
         The app's way to fast sampling without making a request wait for a compile: other sizes
         stay eager. CPU only: on a GPU, enable_fast_sampling compiles the whole step instead (measured in
         benchmarks/sampling.py, not yet inside the app). SPRITE_DISABLE_COMPILE=1 skips it.
-        Returns the started thread, or None when skipped.
+        ``self.compiling`` is True until the compiled U-Net is in use. Returns the started thread, or None.
         """
         def work() -> None:
             start = time.perf_counter()
             self.enable_fast_sampling(batch_sizes=(num_images, 2 * num_images))
+            self.compiling = False
             print(f"compiled the U-Net for {num_images} sprites in {time.perf_counter() - start:.0f} s", flush=True)
         if os.environ.get("SPRITE_DISABLE_COMPILE") == "1" or self.device.type != "cpu":
             return None
+        self.compiling = True
+        print(f"compiling the U-Net for {num_images} sprites in the background; sampling eager meanwhile", flush=True)
         thread = threading.Thread(target=work, name="compile", daemon=True)
         thread.start()
         return thread

@@ -6,6 +6,7 @@ at most 1 level). bf16 autocast rounds activations to 8 bits of mantissa, so it 
 a looser bound: final uint8 sprites within 8 levels on average.
 """
 
+
 import numpy as np
 import pytest
 import torch
@@ -112,8 +113,10 @@ def test_compile_in_background_warms_the_default_request(pipes, compiled_rows, m
     assert fast.compile_in_background(num_images=2) is None
     assert compiled_rows == [] and fast.noise_predictor is eager
     monkeypatch.delenv("SPRITE_DISABLE_COMPILE")
-    fast.compile_in_background(num_images=2).join()
-    assert compiled_rows == [2, 4] and fast.noise_predictor is not eager
+    compiling = fast.compile_in_background(num_images=2)
+    assert fast.compiling  # the app's stats line says a run was eager while this holds
+    compiling.join()
+    assert compiled_rows == [2, 4] and fast.noise_predictor is not eager and not fast.compiling
     fast.disable_fast_sampling()
 
 
@@ -156,3 +159,4 @@ def test_compiled_for_chosen_batch_sizes_serves_requests_without_recompiling(pip
     _final(fast, sampler="ddpm")
     assert counters["stats"]["unique_graphs"] == before
     fast.disable_fast_sampling()
+

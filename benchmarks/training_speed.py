@@ -7,9 +7,9 @@ images/s log, which leaves out the first (warm-up or compile) step. The two alte
 --repeats rounds, each run in a fresh Python process, and the table gives each one's median,
 so a machine that speeds up or slows down during the run (a shared VM does) biases neither.
 
-    python benchmarks/training.py                  # CPU
-    python benchmarks/training.py --device cuda    # GPU: adds --mixed_precision bf16 etc.
-    python benchmarks/training.py --ema --presets tiny-g4   # the EMA update alone
+    python benchmarks/training_speed.py                  # CPU
+    python benchmarks/training_speed.py --device cuda    # GPU: adds --mixed_precision bf16 etc.
+    python benchmarks/training_speed.py --ema --presets tiny-g4   # the EMA update alone
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def naive_images_per_second(preset: str, steps: int, device: torch.device) -> fl
 
 def naive_in_fresh_process(preset: str, steps: int, device: torch.device) -> float:
     """naive_images_per_second in its own interpreter, as train.py runs in its own."""
-    code = ("import sys, torch; from benchmarks.training import "
+    code = ("import sys, torch; from benchmarks.training_speed import "
             "naive_images_per_second as run; print(run(sys.argv[2], int(sys.argv[3]), torch.device(sys.argv[4])))")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT), preset, str(steps), str(device)],
                             capture_output=True, text=True, cwd=ROOT)
