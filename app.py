@@ -13,10 +13,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import random  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -25,9 +21,23 @@ import torch  # noqa: E402
 from gradio import route_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, to_uint8, upscale  # noqa: E402
-from model.gallery import display_grid, noisy_copies, save_gif, save_sheet  # noqa: E402
-from model.inputs import InputError, choice, flag, real_number, weight_vector, whole_number  # noqa: E402
+from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, upscale  # noqa: E402
+from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as app.X)
+    COMPARED_SAMPLERS,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    LIVE_FRAMES,
+    MAX_SEED,
+    MIXED,
+    SAMPLER_LABELS,
+    UNCONDITIONAL,
+    SpriteApp,
+    _format_weights,
+    _one_hot,
+    invalid_input,
+    sampler_hint,
+)
 
 try:  # ZeroGPU hardware on Spaces; elsewhere the decorator changes nothing
     import spaces
@@ -37,194 +47,15 @@ except ImportError:
     def gpu(fn):
         return fn
 
-try:  # the bundled sprites for the forward-process tab; without them, uploads still work
-    from training.sprite_data import default_sprites, fit_pixel_art
-except ImportError:
-    default_sprites = fit_pixel_art = None
-
-MIXED, UNCONDITIONAL = "mixed", "unconditional"
-SAMPLERS = {"DDPM": "ddpm", "DDIM": "ddim"}
-MAX_SEED = 2**31 - 1
-MAX_WEIGHT = 10.0  # per context; the sliders stop at 2
-MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
-# Chosen by the quality study (docs/study.md): with the bundled model, DDIM 10 and guidance 2 keep the context
-# accuracy of 25-50 steps and draw 16 sprites in about 1.4 s on a 2-core CPU (compiled); DDPM 500 takes ~90 s.
-DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DDIM", 10, 2.0
-LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
-# Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
-LIVE_WIDTH, FINAL_WIDTH = 160, 560
-STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
 QUEUE_SIZE = 16
 # gradio decodes an upload before any check of ours, and a small PNG can hold a huge blank canvas: PIL refuses
 # pictures over twice this many pixels (2048 x 2048), so one upload cannot take gigabytes of memory.
 Image.MAX_IMAGE_PIXELS = 2048 * 2048 // 2
-PROGRESS = gr.Progress()  # the default gradio looks for; it is bound to each request when called
 CSS = """
 .pixelated img, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
 #model-note p { margin: 0; }
 .fill .image-frame, .fill img { width: 100%; height: auto; object-fit: contain; }
 """
-
-
-def invalid_input(message: str) -> gr.Error:
-    """The user's mistake, shown in the page; not a server fault, so no traceback in the log."""
-    return gr.Error(message, title="Invalid input", print_exception=False)
-
-
-class SpriteApp:
-    """The event functions, bound to one pipeline loaded at startup (tests bind a tiny one)."""
-
-    def __init__(self, pipe: SpritePipeline, file_dir: str | Path | None = None):
-        self.pipe = pipe
-        self.file_dir = Path(file_dir or tempfile.mkdtemp(prefix="sprite-diffusion-"))
-        self.file_dir.mkdir(parents=True, exist_ok=True)
-        self.examples, self.example_captions = _example_sprites(pipe.unet.config.sample_size)
-
-    def settings(self, context, weights, num_inference_steps, sampler, add_noise, noise_scale, guidance_scale,
-                 num_images, seed, randomize_seed) -> dict:
-        """Check every request value (API calls never went through the sliders) -> pipeline arguments."""
-        names = self.pipe.context_names
-        try:
-            picked = choice("context", context, [*names, MIXED, UNCONDITIONAL])
-            if picked == MIXED:
-                picked = weight_vector("weights", weights, names, MAX_WEIGHT)
-            elif picked == UNCONDITIONAL:
-                picked = None
-            chosen_seed = (random.randint(0, MAX_SEED) if flag("randomize_seed", randomize_seed)
-                           else whole_number("seed", seed, 0, MAX_SEED))
-            return dict(
-                context=picked,
-                num_inference_steps=whole_number("num_inference_steps", num_inference_steps, 1,
-                                                 self.pipe.num_train_steps),
-                sampler=SAMPLERS[choice("sampler", sampler, list(SAMPLERS))],
-                add_noise=flag("add_noise", add_noise),
-                noise_scale=real_number("noise_scale", noise_scale, 0.0, MAX_SCALE),
-                guidance_scale=real_number("guidance_scale", guidance_scale, 0.0, MAX_SCALE),
-                num_images=whole_number("num_images", num_images, 1, MAX_IMAGES),
-                seed=chosen_seed,
-            )
-        except InputError as err:
-            raise invalid_input(str(err)) from None
-
-    def generate(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
-                 sampler: str = DEFAULT_SAMPLER, add_noise: bool = True, noise_scale: float = 1.0,
-                 guidance_scale: float = DEFAULT_GUIDANCE, num_images: int = 16, seed: int = 0,
-                 randomize_seed: bool = False,
-                 progress: gr.Progress = PROGRESS):
-        """Stream sampling: (samples x_t, predicted x0, final grid, GIF, sprite sheet, stats, seed).
-
-        The first update follows the first step; later ones come every few steps, and the
-        final sprites, sheet and GIF come with the last update only.
-        """
-        args = self.settings(context, weights, num_inference_steps, sampler, add_noise, noise_scale,
-                             guidance_scale, num_images, seed, randomize_seed)
-        n, seed = args["num_inference_steps"], args["seed"]
-        try:
-            steps = self.pipe.denoise(**args)
-        except ValueError as err:
-            raise invalid_input(str(err)) from None
-        every = max(1, n // LIVE_FRAMES)
-        frames = []
-        start = time.perf_counter()
-        for step in steps:
-            progress((step.index + 1, n), desc="Denoising", unit="steps")
-            if step.index % every and step.index < n - 1:
-                continue
-            sprites = to_uint8(step.sample)
-            current = display_grid(sprites, LIVE_WIDTH)
-            predicted = display_grid(to_uint8(step.predicted_clean), LIVE_WIDTH)
-            frames.append(current)
-            if step.index < n - 1:
-                yield current, predicted, None, None, None, f"Step {step.index + 1} of {n}: t = {step.timestep}", seed
-        seconds = time.perf_counter() - start
-        name = uuid.uuid4().hex[:12]
-        gif = save_gif(frames, self.file_dir / f"denoising-{name}.gif")
-        sheet = save_sheet(sprites, self.file_dir / f"sprites-{name}.png")
-        stats = (f"**{len(sprites)} sprites, {n} {args['sampler'].upper()} steps in {seconds:.2f} s** "
-                 f"({n / seconds:.1f} steps/s), seed {seed}")
-        if getattr(self.pipe, "compiling", False):
-            stats += " · this run was eager: the compiled U-Net is still being built (a minute or two after a start)"
-        yield current, predicted, display_grid(sprites, FINAL_WIDTH), str(gif), str(sheet), stats, seed
-
-    def compare(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
-                noise_scale: float = 1.0, guidance_scale: float = DEFAULT_GUIDANCE, num_images: int = 16, seed: int = 0,
-                randomize_seed: bool = False, progress: gr.Progress = PROGRESS):
-        """DDPM from one seed with and without noise re-adding: (with, without, caption, seed)."""
-        args = self.settings(context, weights, num_inference_steps, "DDPM", True, noise_scale, guidance_scale,
-                             num_images, seed, randomize_seed)
-        n = args["num_inference_steps"]
-        grids = []
-        for run, add_noise in enumerate((True, False)):
-            def report(index, *_, run=run):
-                progress((run * n + index + 1, 2 * n), desc="Noise on" if run == 0 else "Noise off", unit="steps")
-
-            try:
-                out = self.pipe(**{**args, "add_noise": add_noise}, callback=report)
-            except ValueError as err:
-                raise invalid_input(str(err)) from None
-            grids.append(display_grid(out.array, FINAL_WIDTH))
-        caption = (f"Same seed ({args['seed']}), same {n} DDPM steps. Left: fresh noise s3·z is re-added at each "
-                   "step. Right: z = 0, so samples drift off what the network was trained on and collapse.")
-        return grids[0], grids[1], caption, args["seed"]
-
-    def forward(self, sprite: np.ndarray | None, t: int = 250):
-        """The forward process on one sprite: (x_t, strip at t = 0/100/250/500, formula)."""
-        if sprite is None:
-            return None, [], "Pick a sprite or upload an image."
-        try:
-            t = whole_number("t", t, 0, self.pipe.num_train_steps)
-        except InputError as err:
-            raise invalid_input(str(err)) from None
-        clean = self.as_sprite(sprite)
-        copies = noisy_copies(clean, self.pipe.noise_schedule, [t, *STRIP])
-        ab = float(self.pipe.noise_schedule.alpha_bar[t])
-        formula = (f"$$x_{{{t}}} = \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + \\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon"
-                   f" = {ab ** 0.5:.3f}\\,x_0 + {(1 - ab) ** 0.5:.3f}\\,\\epsilon$$")
-        strip = [(upscale(c, 8), f"t = {s}") for c, s in zip(copies[1:], STRIP, strict=True)]
-        return upscale(copies[0], 16), strip, formula
-
-    def as_sprite(self, image: np.ndarray) -> np.ndarray:
-        """Any uploaded picture -> (R, R, 3) uint8 at the model's resolution."""
-        size = self.pipe.unet.config.sample_size
-        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
-            raise invalid_input("the sprite must be an image")
-        picture = Image.fromarray(image.astype(np.uint8))
-        if fit_pixel_art is not None:
-            return fit_pixel_art(picture, size)
-        return np.asarray(picture.convert("RGB").resize((size, size), Image.BOX))
-
-    def pick_example(self, evt: gr.SelectData):
-        """A click on a dataset sprite puts it (enlarged) into the sprite box."""
-        return upscale(self.examples[evt.index], 16)
-
-
-def _example_sprites(resolution: int, per_context: int = 5) -> tuple[np.ndarray | None, list[str]]:
-    """A few bundled sprites of each kind for the forward tab, or (None, []) without the dataset."""
-    if default_sprites is None:
-        return None, []
-    try:
-        images, labels, names = default_sprites(resolution)
-    except (OSError, ValueError):
-        return None, []
-    chosen, captions = [], []
-    for c, name in enumerate(names):
-        members = np.flatnonzero(labels[:, c])
-        for i in np.linspace(0, len(members) - 1, per_context).astype(int):
-            chosen.append(members[i])
-            captions.append(name)
-    return images[chosen], captions
-
-
-def _one_hot(context: str, names: list[str]) -> list:
-    """Picking one context shows its one-hot vector in the mixing panel; picking "mix" opens the panel."""
-    if context not in names:
-        return [gr.skip()] * (len(names) + 1) + [gr.Accordion(open=True) if context == MIXED else gr.skip()]
-    weights = [1.0 if n == context else 0.0 for n in names]
-    return [*weights, _format_weights(weights), gr.skip()]
-
-
-def _format_weights(weights) -> str:
-    return ", ".join(f"{w:g}" for w in weights)
 
 
 def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path | None = None) -> gr.Blocks:
@@ -248,8 +79,9 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                    for i, n in enumerate(names)]
                         weights = gr.Textbox(_format_weights(s.value for s in sliders), label="Context vector",
                                              info="One weight per context, as the U-Net receives it")
-                    sampler = gr.Radio(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler",
-                                       info="DDIM is deterministic and needs fewer steps")
+                    sampler = gr.Radio(SAMPLER_LABELS, value=DEFAULT_SAMPLER, label="Sampler",
+                                       info="DDPM and DDIM are the course's; the others come from diffusers")
+                    hint = gr.Markdown(sampler_hint(DEFAULT_SAMPLER), elem_id="sampler-hint")
                     steps = gr.Slider(1, pipe.num_train_steps, value=DEFAULT_STEPS, step=1, label="Steps")
                     with gr.Row():
                         add_noise = gr.Checkbox(True, label="Re-add noise (s3·z)",
@@ -263,6 +95,10 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                         randomize = gr.Checkbox(True, label="Randomise seed")
                     generate_button = gr.Button("Generate", variant="primary", size="lg")
                     compare_button = gr.Button("Compare: noise re-adding on vs off")
+                    with gr.Accordion("Compare samplers", open=False):
+                        compared = gr.CheckboxGroup(SAMPLER_LABELS, value=COMPARED_SAMPLERS, label="Samplers",
+                                                    info="Same seed and starting noise, the steps above")
+                        samplers_button = gr.Button("Compare samplers")
                 with gr.Column(scale=2):
                     with gr.Row():
                         current = gr.Image(label="Current samples xₜ", format="png", elem_id="live-samples",
@@ -270,6 +106,9 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                         predicted = gr.Image(label="Predicted clean sprites x̂₀", format="png",
                                              elem_classes=["pixelated", "fill"])
                     stats = gr.Markdown("Press **Generate** to start from pure noise.")
+                    sampler_grids = gr.Gallery(label="Samplers side by side (one seed, the same starting noise)",
+                                               columns=4, height="auto", allow_preview=False, format="png",
+                                               elem_classes="pixelated", visible=False, elem_id="sampler-comparison")
                     with gr.Row():
                         final = gr.Image(label="Final sprites", format="png", elem_classes="pixelated",
                                          elem_id="final-grid", buttons=["download", "fullscreen"], scale=3)
@@ -306,10 +145,14 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     formula = gr.Markdown(start[2])
                     strip = gr.Gallery(start[1], label="The same sprite at t = 0, 100, 250, 500", columns=4,
                                        height="auto", allow_preview=False, format="png", elem_classes="pixelated")
+            schedule = gr.Plot(events.schedule_plot(250), label="The noise schedule", elem_id="schedule-plot")
 
         with gr.Tab("About"):
             gr.Markdown(ABOUT, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                  {"left": "$", "right": "$", "display": False}])
+            if STEPS_QUALITY_PLOT.is_file():
+                gr.Image(str(STEPS_QUALITY_PLOT), label="Steps versus quality, every sampler (bundled model)",
+                         buttons=["fullscreen"])
 
         # ---- events -------------------------------------------------------------------------
         # preprocess=False: the sampler events get the raw request values and check them all.
@@ -324,6 +167,15 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         compare_button.click(gpu(events.compare), compare_inputs, [with_noise, without_noise, compare_note, seed],
                              api_name="compare", preprocess=False, concurrency_id="sampler", concurrency_limit=1,
                              show_progress_on=[with_noise, without_noise])
+        samplers_button.click(lambda: gr.Gallery(visible=True, value=None), None, sampler_grids,
+                              api_visibility="private", queue=False, show_progress="hidden")
+        samplers_button.click(gpu(events.compare_samplers), [*compare_inputs[:2], steps, guidance, num_images, seed,
+                                                             randomize, compared], [sampler_grids, seed],
+                              api_name="compare_samplers", preprocess=False, concurrency_id="sampler",
+                              concurrency_limit=1, show_progress_on=[sampler_grids])
+        sampler.change(sampler_hint, sampler, hint, api_visibility="private", queue=False, show_progress="hidden")
+        t_slider.change(events.schedule_plot, t_slider, schedule, api_visibility="private", concurrency_limit=4,
+                        trigger_mode="always_last", show_progress="hidden")
         t_slider.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_name="forward",
                         concurrency_limit=4, trigger_mode="always_last", show_progress="hidden")
         sprite.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_visibility="private",
@@ -342,6 +194,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
 
 
 ABOUT = (Path(__file__).resolve().parent / "docs" / "about.md").read_text()  # the About tab
+STEPS_QUALITY_PLOT = Path(__file__).resolve().parent / "docs" / "figures" / "steps_quality.png"  # made by
+# python -m training.steps_quality
 
 
 def load_model() -> tuple[SpritePipeline, str]:

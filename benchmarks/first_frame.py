@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--steps", type=int, default=app.DEFAULT_STEPS)
-    parser.add_argument("--sampler", choices=["DDPM", "DDIM"], default=app.DEFAULT_SAMPLER)
+    parser.add_argument("--sampler", choices=app.SAMPLER_LABELS, default=app.DEFAULT_SAMPLER)
     parser.add_argument("--guidance_scale", type=float, default=app.DEFAULT_GUIDANCE)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     args = parser.parse_args()

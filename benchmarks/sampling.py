@@ -11,6 +11,7 @@ scheduler's ``step`` at every step. Ours is SpritePipeline with its fast path
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from functools import partial
 
@@ -18,7 +19,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from benchmarks.common import best_time, forward_flops, machine_name, peak_flops  # noqa: E402
-from model import load_pipeline  # noqa: E402
+from model import get_sampler, load_pipeline  # noqa: E402
 
 
 def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int = 0,
@@ -26,18 +27,21 @@ def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int =
     """DDPMPipeline's loop: eager U-Net, scheduler.step, every step (guidance: one batched call, as ours)."""
     generator = torch.Generator().manual_seed(seed)
     size = pipe.unet.config.sample_size
-    sample = torch.randn(context.shape[0], 3, size, size, generator=generator).to(pipe.device)
     scheduler.set_timesteps(steps)
+    sample = torch.randn(context.shape[0], 3, size, size, generator=generator).to(pipe.device)
+    sample = sample * scheduler.init_noise_sigma
     with torch.no_grad():
         for t in scheduler.timesteps:
+            x = scheduler.scale_model_input(sample, t)
             if guidance_scale == 1.0:
-                noise = pipe.unet(sample, t.to(pipe.device), class_labels=context).sample
+                noise = pipe.unet(x, t.to(pipe.device), class_labels=context).sample
             else:
-                both = pipe.unet(torch.cat([sample, sample]), t.to(pipe.device),
+                both = pipe.unet(torch.cat([x, x]), t.to(pipe.device),
                                  class_labels=torch.cat([context, torch.zeros_like(context)])).sample
                 conditional, unconditional = both.chunk(2)
                 noise = unconditional + guidance_scale * (conditional - unconditional)
-            sample = scheduler.step(noise, t, sample, generator=generator).prev_sample
+            stochastic = "generator" in inspect.signature(scheduler.step).parameters
+            sample = scheduler.step(noise, t, sample, **({"generator": generator} if stochastic else {})).prev_sample
     return sample
 
 
@@ -47,7 +51,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (a free Space has 2 cores)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--runs", nargs="+", default=["ddpm:500", "ddim:50"], help="sampler:steps pairs")
+    parser.add_argument("--runs", nargs="+", default=["ddpm:500", "ddim:50"],
+                        help="sampler:steps pairs; samplers from model/samplers.py, e.g. dpm++2m:10")
     parser.add_argument("--bf16", action="store_true", help="our path with bf16 autocast")
     parser.add_argument("--no_compile", action="store_true", help="our path without torch.compile")
     parser.add_argument("--whole_step", choices=["auto", "yes", "no"], default="auto",
@@ -85,8 +90,10 @@ def main() -> None:
         steps = int(steps)
         if sampler == "ddpm":
             scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        else:
+        elif sampler == "ddim":
             scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+        else:  # diffusers' own scheduler: the baseline is the same scheduler in the naive loop
+            scheduler = get_sampler(sampler).make_scheduler(pipe.scheduler.config)
         for batch in args.batches:
             context = torch.eye(len(names), device=device)[torch.arange(batch) % len(names)]
             repeats = 1 if steps >= 200 else 3

@@ -21,11 +21,12 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from .fast import NoisePredictor, compiled_step, eager_predictor, fast_predictor
+from .samplers import SAMPLERS, get_sampler
 from .schedule import NoiseSchedule, timestep_grid, unet_timestep
 from .unet import attach_context_embedding
 
 MAX_IMAGES = 64  # per call; the app and the API share this limit
-SAMPLERS = ("ddpm", "ddim")
+__all__ = ["MAX_IMAGES", "SAMPLERS", "DenoiseStep", "SpriteOutput", "SpritePipeline", "to_uint8"]
 ContextSpec = str | Sequence[str] | Sequence[float] | np.ndarray | torch.Tensor
 
 
@@ -177,36 +178,46 @@ class SpritePipeline(DiffusionPipeline):
                 or not 1 <= num_inference_steps <= big_t:
             raise ValueError(f"num_inference_steps must be a whole number from 1 to {big_t}, "
                              f"got {num_inference_steps!r}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose 'ddpm' or 'ddim'")
+        get_sampler(sampler)
         for name, value in (("guidance_scale", guidance_scale), ("noise_scale", noise_scale)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
                     or not 0 <= value <= 20:
                 raise ValueError(f"{name} must be a number from 0 to 20, got {value!r}")
 
     # ---- the reverse process -----------------------------------------------------------
-    def denoise_step(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                     coefficients: torch.Tensor, extra_noise: torch.Tensor,
-                     guidance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One reverse step: predict the noise in x_t, then remove it. Returns (x_{t_prev}, x0_hat).
-
-        coefficients: this step's row of NoiseSchedule.step_table (s1, s2, s3, sqrt(ab_t),
-        sqrt(1 - ab_t)); they are tensors, not Python numbers, so a compiled step serves every t.
-        guidance: None, or the classifier-free guidance scale, pushing eps_hat away from the
-        unconditional (zero context) estimate.
-        """
+    def guided_output(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                      guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-Net's output for x_t; with a guidance scale, pushed away from the unconditional (zero context)
+        estimate: classifier-free guidance, uncond + scale * (cond - uncond)."""
         if guidance is None:
-            output = self.noise_predictor(sample, timestep, context)
-        else:
-            both = self.noise_predictor(torch.cat([sample, sample]), timestep,
-                                        torch.cat([context, torch.zeros_like(context)]))
-            conditional, unconditional = both.chunk(2)
-            output = unconditional + guidance * (conditional - unconditional)
-        s1, s2, s3, sqrt_alpha_bar, sqrt_one_minus_alpha_bar = coefficients.unbind()
+            return self.noise_predictor(sample, timestep, context)
+        both = self.noise_predictor(torch.cat([sample, sample]), timestep,
+                                    torch.cat([context, torch.zeros_like(context)]))
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
+
+    def noise_and_clean(self, sample: torch.Tensor, output: torch.Tensor, sqrt_alpha_bar: torch.Tensor,
+                        sqrt_one_minus_alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted noise, predicted clean sprite x0_hat) from the U-Net's output at x_t."""
         # A v-prediction model outputs v = sqrt(ab) noise - sqrt(1 - ab) x0; the noise is one line away.
         predicted_noise = sqrt_alpha_bar * output + sqrt_one_minus_alpha_bar * sample if self.predicts_velocity \
             else output
         predicted_clean = (sample - sqrt_one_minus_alpha_bar * predicted_noise) / sqrt_alpha_bar
+        return predicted_noise, predicted_clean
+
+    def denoise_step(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                     coefficients: torch.Tensor, extra_noise: torch.Tensor,
+                     guidance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDPM or DDIM step: predict the noise in x_t, then remove it. Returns (x_{t_prev}, x0_hat).
+
+        coefficients: this step's row of NoiseSchedule.step_table (s1, s2, s3, sqrt(ab_t),
+        sqrt(1 - ab_t)); they are tensors, not Python numbers, so a compiled step serves every t.
+        guidance: None, or the classifier-free guidance scale.
+        """
+        output = self.guided_output(sample, timestep, context, guidance)
+        s1, s2, s3, sqrt_alpha_bar, sqrt_one_minus_alpha_bar = coefficients.unbind()
+        predicted_noise, predicted_clean = self.noise_and_clean(sample, output, sqrt_alpha_bar,
+                                                                sqrt_one_minus_alpha_bar)
         # Re-adding noise (s3, extra_noise) keeps x on the distribution the net was trained on;
         # the loop passes zeros at the last step, in the "collapse" demonstration, and for DDIM.
         sample = s1 * (sample - s2 * predicted_noise) + s3 * extra_noise
@@ -236,12 +247,7 @@ class SpritePipeline(DiffusionPipeline):
         # Made in inference mode like every other input of the U-Net here, or a compiled U-Net would
         # recompile (a guard on the tensor's dispatch keys) at the first request without guidance.
         context_weights = context_weights.clone()
-        grid = timestep_grid(num_inference_steps, self.num_train_steps)
-        # Per-step numbers go to the device once, as tables: no copy from the host in the loop.
-        table = self.noise_schedule.step_table(grid, sampler).to(self.device, torch.float32)
-        timesteps = torch.tensor([unet_timestep(t) for t, _ in grid], device=self.device)
         guidance = None if guidance_scale == 1.0 else torch.tensor(guidance_scale, device=self.device)
-        no_noise = torch.zeros(shape, device=self.device)
         pinned = self.device.type == "cuda"  # lets the copy to the GPU run without waiting for it
 
         # Noise is drawn on the CPU so a seed gives the same sprites on every device.
@@ -249,12 +255,43 @@ class SpritePipeline(DiffusionPipeline):
             noise = torch.randn(shape, generator=generator, pin_memory=pinned)
             return (noise.mul_(scale) if scale != 1.0 else noise).to(self.device, non_blocking=True)
 
+        if not get_sampler(sampler).is_course_formula:
+            yield from self._scheduler_loop(sampler, gaussian(), num_inference_steps, context_weights, guidance,
+                                            generator)
+            return
+        grid = timestep_grid(num_inference_steps, self.num_train_steps)
+        # Per-step numbers go to the device once, as tables: no copy from the host in the loop.
+        table = self.noise_schedule.step_table(grid, sampler).to(self.device, torch.float32)
+        timesteps = torch.tensor([unet_timestep(t) for t, _ in grid], device=self.device)
+        no_noise = torch.zeros(shape, device=self.device)
         sample = gaussian()
         for index, (t, t_prev) in enumerate(grid):
             readd = sampler == "ddpm" and add_noise and t_prev > 0
             extra_noise = gaussian(noise_scale) if readd else no_noise
             sample, predicted_clean = self.step_function(sample, timesteps[index], context_weights, table[index],
                                                          extra_noise, guidance)
+            yield DenoiseStep(index, t, sample, predicted_clean)
+
+    def _scheduler_loop(self, sampler: str, noise: torch.Tensor, num_inference_steps: int,
+                        context_weights: torch.Tensor, guidance: torch.Tensor | None,
+                        generator: torch.Generator | None) -> Iterator[DenoiseStep]:
+        """A diffusers scheduler's loop, as in its own pipelines: scale the input, predict, ``scheduler.step``."""
+        scheduler = get_sampler(sampler).make_scheduler(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        sqrt_alpha_bar = self.noise_schedule.alpha_bar.to(self.device, torch.float32).sqrt()
+        sqrt_one_minus_alpha_bar = (1 - self.noise_schedule.alpha_bar.to(self.device, torch.float32)).sqrt()
+        stochastic = not get_sampler(sampler).deterministic  # these draw noise in step(), from our generator
+        sample = noise * scheduler.init_noise_sigma  # the same starting noise as DDPM and DDIM, in its units
+        for index, timestep in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(sample, timestep)  # x_t in the U-Net's (DDPM) units
+            # Whole-numbered timesteps go in as integers like DDPM's, so a compiled U-Net serves every sampler.
+            unet_t = timestep.to(torch.int64) if timestep == timestep.round() else timestep
+            output = self.guided_output(model_input, unet_t, context_weights, guidance)
+            t = int(timestep.round()) + 1  # course step of this timestep (unet_timestep's inverse)
+            _, predicted_clean = self.noise_and_clean(model_input, output, sqrt_alpha_bar[t],
+                                                      sqrt_one_minus_alpha_bar[t])
+            extra = {"generator": generator} if stochastic else {}
+            sample = scheduler.step(output, timestep, sample, **extra).prev_sample
             yield DenoiseStep(index, t, sample, predicted_clean)
 
     def __call__(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,
@@ -267,9 +304,10 @@ class SpritePipeline(DiffusionPipeline):
             ``context_names`` (e.g. ``[1, 0, 0.6, 0, 0]``), a (num_images, C) array, or None
             (zeros: unconditional).
         num_inference_steps: 1..T. DDPM with fewer than T steps uses a strided schedule.
-        sampler: "ddpm" or "ddim" (deterministic, eta = 0).
-        add_noise: False switches off noise re-adding (the course's collapse demonstration).
-        noise_scale: multiplies s3, the re-added noise.
+        sampler: a name from model.samplers.SAMPLERS: "ddpm", "ddim" (deterministic, eta = 0), or one of
+            diffusers' schedulers ("dpm++2m", "unipc", "euler-a").
+        add_noise: False switches off DDPM's noise re-adding (the course's collapse demonstration).
+        noise_scale: multiplies DDPM's s3, the re-added noise.
         guidance_scale: classifier-free guidance against the zero context; 1 is off.
         generator / seed: where the noise comes from (seed is used when no generator is given).
         callback: called as callback(step_index, t, sample, predicted_clean) after every step.

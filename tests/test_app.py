@@ -179,6 +179,47 @@ def test_compare_runs_one_seed_with_and_without_noise(sprites):
         sprites.compare(**{**COMPARE, "num_images": 1000})
 
 
+def test_compare_samplers_streams_one_grid_per_sampler_from_one_seed(sprites):
+    args = {k: COMPARE[k] for k in ("context", "weights", "num_inference_steps", "guidance_scale", "num_images",
+                                    "seed", "randomize_seed")}
+    chosen = ["DDIM", "DPM-Solver++ 2M", "unipc", "Euler ancestral"]  # labels or registry names
+    updates = list(sprites.compare_samplers(**args, samplers=chosen))
+    assert [len(gallery) for gallery, _ in updates] == [1, 2, 3, 4]  # streamed as each sampler finishes
+    gallery, seed = updates[-1]
+    assert seed == 7
+    assert [caption.split(":")[0] for _, caption in gallery] == ["DDIM", "DPM-Solver++ 2M", "UniPC",
+                                                                 "Euler ancestral"]
+    assert all(caption.endswith(" s") and "8 steps" in caption for _, caption in gallery)
+    # The DDIM grid is the one Generate draws with the same settings (same seed, same starting noise).
+    ddim = list(sprites.generate(**{**FAST, "sampler": "DDIM"}))[-1][0]
+    assert np.array_equal(np.asarray(gallery[0][0]), np.asarray(ddim.resize(gallery[0][0].size, Image.NEAREST)))
+    assert not np.array_equal(np.asarray(gallery[0][0]), np.asarray(gallery[1][0]))
+    for bad, words in (([], "samplers must be a list"), (["Heun"], "samplers must be one of"),
+                       ("DDIM", "samplers must be a list")):
+        with pytest.raises(gr.Error, match=words):
+            list(sprites.compare_samplers(**args, samplers=bad))
+
+
+@pytest.mark.parametrize("label", app.SAMPLER_LABELS)
+def test_every_sampler_of_the_registry_runs_from_the_page(sprites, label):
+    outputs = list(sprites.generate(**{**FAST, "sampler": label, "num_inference_steps": 3}))
+    assert f"3 {label} steps" in outputs[-1][5]
+    assert app.sampler_hint(label).strip("*")
+
+
+def test_schedule_plot_marks_the_timestep(sprites):
+    figure = sprites.schedule_plot(100)
+    shares, snr = figure.axes[:2]
+    for axis in (shares, snr):
+        marker = [line for line in axis.lines if line.get_linestyle() == "--"]
+        assert len(marker) == 1 and list(marker[0].get_xdata()) == [100, 100]
+    assert "t = 100" in shares.get_title()
+    signal = shares.lines[0].get_ydata()
+    assert signal[0] == 1.0 and signal[-1] < 0.1 and np.all(np.diff(signal) < 0)
+    with pytest.raises(gr.Error, match="t must be"):
+        sprites.schedule_plot(501)
+
+
 def test_forward_process_tab(sprites):
     sprite = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     clean, strip, formula = sprites.forward(sprite, 0)
@@ -267,7 +308,7 @@ def call(client, **changes):
 @pytest.mark.slow
 def test_api_lists_named_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(api) == {"/generate", "/compare", "/forward"}
+    assert set(api) == {"/generate", "/compare", "/compare_samplers", "/forward"}
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(FAST)
 
 
@@ -316,6 +357,16 @@ def test_api_compare(client):
     with_noise, without_noise, caption, seed = client.predict(**COMPARE, api_name="/compare")
     assert seed == 7 and "Same seed" in caption
     assert not np.array_equal(np.asarray(Image.open(with_noise)), np.asarray(Image.open(without_noise)))
+
+
+@pytest.mark.slow
+def test_api_compare_samplers(client):
+    args = {k: COMPARE[k] for k in ("context", "weights", "num_inference_steps", "guidance_scale", "num_images",
+                                    "seed", "randomize_seed")}
+    gallery, seed = client.predict(**args, samplers=["DDIM", "UniPC"], api_name="/compare_samplers")
+    assert seed == 7 and [item["caption"].split(":")[0] for item in gallery] == ["DDIM", "UniPC"]
+    with pytest.raises(Exception, match="samplers must be one of"):
+        client.predict(**args, samplers=["Heun"], api_name="/compare_samplers")
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""A real browser uses the page: pick a context, generate, switch noise re-adding off, compare.
+"""A real browser uses the page: pick a context, generate, switch noise re-adding off, compare, compare
+samplers, move the forward tab's timestep (the schedule plot's marker follows).
 
 Runs Debian's chromium through PyPI's playwright (never `playwright install`, which downloads
 a browser). Takes the docs' screenshots (into a temporary folder; with SAVE_SCREENSHOTS=1 into
@@ -7,6 +8,7 @@ server. Outside CI it skips when chromium or playwright is missing; in CI (CI=tr
 """
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -104,8 +106,27 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             page.get_by_text("Same seed (3)").wait_for(timeout=TIMEOUT_MS)
             page.screenshot(path=screenshots / "compare.png", full_page=True)
 
+            page.get_by_text("Compare samplers").first.click()  # the accordion
+            page.get_by_role("button", name="Compare samplers", exact=True).click()
+            comparison = page.locator("#sampler-comparison")
+            comparison.get_by_text("Euler ancestral:").wait_for(timeout=TIMEOUT_MS)
+            captions = comparison.inner_text()
+            for label in ("DDIM", "DPM-Solver++ 2M", "UniPC", "Euler ancestral"):  # each with its time
+                assert re.search(re.escape(label) + r": 10 steps, [0-9.]+ s", captions), captions
+            page.screenshot(path=screenshots / "compare-samplers.png", full_page=True)
+
             page.get_by_role("tab", name="Forward process").click()
             page.get_by_text("The same sprite at t = 0, 100, 250, 500").wait_for()
+            plot = page.locator("#schedule-plot img")
+            plot.wait_for(timeout=TIMEOUT_MS)
+            at_250 = plot.get_attribute("src")
+            box = page.get_by_label("number input for Timestep t")
+            box.fill("400")
+            box.press("Enter")  # the marker follows the slider: the plot is redrawn at t = 400
+            page.wait_for_function("""old => {
+                const img = document.querySelector('#schedule-plot img');
+                return img && img.getAttribute('src') !== old;
+            }""", arg=at_250, timeout=TIMEOUT_MS)
             page.wait_for_timeout(500)
             page.screenshot(path=screenshots / "forward.png", full_page=True)
 
@@ -118,5 +139,5 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
     outside = sorted({u for u in requested if urlparse(u).scheme not in ("data", "blob")
                       and urlparse(u).hostname not in LOCAL_HOSTS})
     assert requested and not outside, f"the page requested outside hosts: {outside}"
-    for name in ("generate", "noise-off", "compare", "forward", "about"):
+    for name in ("generate", "noise-off", "compare", "compare-samplers", "forward", "about"):
         assert (screenshots / f"{name}.png").stat().st_size > 10_000

@@ -439,3 +439,39 @@ def test_bundled_judge_fits_the_bundled_dataset():
     assert min(evaluator.heldout_accuracy.values()) >= 0.5 and config["heldout_accuracy"] >= 0.8
     assert 64 <= evaluator.real_features.shape[1] <= 128 and config["parameters"] < 200_000
     assert 0 < evaluator.memorisation_reference < 0.1
+
+
+def test_steps_versus_quality_scores_times_plots_and_picks_the_fastest_passing(evaluator, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from training import steps_quality
+
+    monkeypatch.setenv("SPRITE_DISABLE_COMPILE", "1")  # the timing compiles as the app does; not needed here
+    pipe = tiny_pipe()
+    runs = steps_quality.all_runs(["ddim", "dpm++2m", "ddpm"], (1, 2))
+    assert runs == [("ddim", 1), ("ddim", 2), ("dpm++2m", 1), ("dpm++2m", 2), ("ddpm", 1), ("ddpm", 2),
+                    ("ddpm", 500)]
+    runs = [run for run in runs if run[1] < 500]
+    path = tmp_path / "steps.json"
+    results = {"rows": {}}
+    steps_quality.measure_quality(pipe, evaluator, runs, results, path, guidance_scale=2.0, num_per_context=4)
+    steps_quality.measure_seconds(pipe, runs[:2], results, path, guidance_scale=2.0, repeats=2)
+    saved = steps_quality.load_results(path)
+    assert saved == json.loads(json.dumps(results))  # every row was saved as it came
+    row = saved["rows"]["dpm++2m:2"]
+    assert (row["sampler"], row["steps"]) == ("dpm++2m", 2)
+    assert set(steps_quality.FIGURES) <= set(row) and isinstance(row["failures"], list)
+    assert "seconds_per_16" in saved["rows"]["ddim:1"] and "seconds_per_16" not in row
+    png = steps_quality.plot(saved, tmp_path / "steps.png")
+    assert Image.open(png).size[0] > 500
+    table = steps_quality.markdown_table(saved).splitlines()
+    assert len(table) == 2 + len(runs) and table[2].startswith("| DDPM | 1 |")  # registry order, then steps
+
+    # The pick: among rows that pass and were timed, the fewest seconds.
+    fake = {"rows": {"a": {"sampler": "ddim", "steps": 10, "failures": [], "failures_besides_pixels": [],
+                           "seconds_per_16": 2.0},
+                     "b": {"sampler": "unipc", "steps": 5, "failures": ["x"], "failures_besides_pixels": [],
+                           "seconds_per_16": 1.0},
+                     "c": {"sampler": "ddpm", "steps": 5, "failures": [], "failures_besides_pixels": []}}}
+    assert steps_quality.fastest_passing(fake)["sampler"] == "ddim"
+    assert steps_quality.fastest_passing(fake, besides_pixels=True)["sampler"] == "unipc"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import math
 import os
 import signal
 import socket
@@ -28,9 +30,9 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
-from model import SpritePipeline, build_unet, load_pipeline, make_scheduler
+from model import SpritePipeline, build_unet, load_pipeline, make_grid, make_scheduler, upscale
 from model.schedule import NoiseSchedule
-from training import checkpointing, train
+from training import checkpointing, hub, plots, train
 from training.checkpointing import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,7 +247,7 @@ def test_accelerate_launch_trains_pushes_and_the_app_loader_pulls_it_back(sprite
 
     # The Hub holds the pipeline, card and grid, not checkpoints or logs; the app's loader pulls it back.
     pushed = set(hub_server.files("tester/sprites-tiny"))
-    assert PIPELINE_FILES | {"README.md", "samples.png", "training_args.json"} == pushed
+    assert PIPELINE_FILES | {"README.md", "samples.png", "training_args.json", *hub.FIGURES} == pushed
     assert len(hub_server.repos["tester/sprites-tiny"]) == 2  # at the step-2 checkpoint, then the final model
     pull = ("from model import load_pipeline; p = load_pipeline('tester/sprites-tiny'); w = p.unet.state_dict(); "
             "print(p.context_names, float(sum(w[k].double().sum() for k in sorted(w))))")
@@ -309,6 +311,10 @@ def test_resume_after_sigkill_restores_everything_and_matches_an_uninterrupted_r
     sched_a, sched_b = (torch.load(p / "scheduler.bin", weights_only=True) for p in (a, b))
     assert sched_a["last_epoch"] == sched_b["last_epoch"] == 6 and sched_a["_last_lr"] == sched_b["_last_lr"]
     assert weights_sum(straight) == weights_sum(killed)
+    # The loss history continues across the kill: the same rows, once each, as the uninterrupted run's.
+    history = plots.read_loss_history(killed / "loss_history.csv")
+    assert [row.step for row in history] == list(range(1, 7))
+    assert history == plots.read_loss_history(straight / "loss_history.csv")
 
 
 @pytest.mark.slow
@@ -325,6 +331,103 @@ def test_two_cpu_processes_train_one_model_on_disjoint_shards(sprites, tmp_path)
     assert shards[0].isdisjoint(shards[1]) and shards[0] | shards[1] == set(range(N_SPRITES))
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (out / "checkpoint-2").iterdir()}
     assert load_pipeline(out).context_names == NAMES
+
+
+# ---- the card's training figures ---------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """train.main run in this process leaves accelerate's global state behind; later tests need it clean."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_training_keeps_the_loss_history_and_the_card_plots_it_also_across_a_resume(sprites, tmp_path,
+                                                                                     fresh_accelerator_state):
+    out = tmp_path / "run"
+    args = tiny_args(sprites, out, "--max_train_steps", "4", "--checkpointing_steps", "2", "--save_images_steps", "2")
+    assert train.main(args) == 0
+    history = plots.read_loss_history(out / "loss_history.csv")
+    assert (out / "loss_history.csv").read_text().splitlines()[0] == "step,loss,learning_rate"
+    assert [row.step for row in history] == [1, 2, 3, 4]  # --logging_steps 1
+    assert all(math.isfinite(row.loss) and row.loss > 0 and row.learning_rate >= 0 for row in history)
+    card = (out / "README.md").read_text()
+    assert "![Training loss](loss.png)" in card and "samples_over_training.png" in card and "steps 2, 4" in card
+    for figure in hub.FIGURES:
+        with Image.open(out / figure) as image:
+            image.verify()
+    assert (out / "loss.png").stat().st_size < 100_000
+
+    # A run killed after checkpoint-2 had logged steps 3 and 4; resuming retrains them, so those rows go.
+    plots.write_loss_history(out / "loss_history.csv", [*history[:2], (3, 99.0, 1.0), (4, 99.0, 1.0)])
+    assert train.main([*args, "--resume_from_checkpoint", "checkpoint-2"]) == 0
+    resumed = plots.read_loss_history(out / "loss_history.csv")
+    assert [row.step for row in resumed] == [1, 2, 3, 4] and resumed[:2] == history[:2]
+    assert all(row.loss < 99 for row in resumed)
+
+
+def test_a_resume_keeps_the_loss_rows_up_to_its_step_only(tmp_path):
+    path = tmp_path / "loss_history.csv"
+    assert plots.read_loss_history(path, up_to_step=3) == []  # no history yet: an empty one
+    assert plots.write_loss_history(path, [(step, 1.0 / step, 1e-3) for step in range(10, 90, 10)])
+    with path.open("a") as f:
+        f.write("garbage,row,here\n")  # a hand-edited line is skipped, not fatal
+    kept = plots.read_loss_history(path, up_to_step=40)
+    assert kept == [(step, 1.0 / step, 1e-3) for step in (10, 20, 30, 40)]  # exact: floats round-trip
+    assert [row.step for row in plots.read_loss_history(path)] == list(range(10, 90, 10))
+    assert not plots.write_loss_history(tmp_path / "missing" / "loss_history.csv", kept)  # logged, not raised
+
+
+def _fake_grids(folder: Path, steps: range) -> dict[int, np.ndarray]:
+    """Sample grids as train.py writes them: 4x nearest-neighbour upscaled sheets of random sprites."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    grids = {}
+    for step in steps:
+        grids[step] = np.asarray(upscale(make_grid(rng.integers(0, 256, (6, 16, 16, 3), np.uint8), ncols=2), 4))
+        Image.fromarray(grids[step]).save(folder / f"step_{step:06d}.png")
+    return grids
+
+
+def test_samples_over_training_spreads_the_grids_from_first_to_last_with_exact_pixels(tmp_path):
+    grids = _fake_grids(tmp_path / "samples", range(100, 1001, 100))
+    steps = plots.samples_over_training(tmp_path / "samples", tmp_path / "over.png", max_columns=4)
+    assert steps == [100, 400, 700, 1000]
+    sheet = np.asarray(Image.open(tmp_path / "over.png").convert("RGB"))
+    x = plots.GAP
+    for step in steps:  # each grid pasted unscaled below its caption: every pixel the source's own
+        h, w, _ = grids[step].shape
+        np.testing.assert_array_equal(sheet[plots.CAPTION_HEIGHT:plots.CAPTION_HEIGHT + h, x:x + w], grids[step])
+        assert (sheet[:plots.CAPTION_HEIGHT, x:x + w] < 128).any()  # the "step N" caption
+        x += w + plots.GAP
+    assert sheet.shape[1] == x
+    assert plots.samples_over_training(tmp_path / "samples", tmp_path / "over.png", up_to_step=250) == [100, 200]
+
+
+def _card(folder: Path) -> str:
+    hub.write_model_card(folder, context_names=NAMES, resolution=16, dataset="default", settings={"seed": 0},
+                         summary={"steps": 300}, license="other")
+    return (folder / "README.md").read_text()
+
+
+def test_the_card_shows_the_figures_it_has_inputs_for_and_survives_a_failed_plot(tmp_path, monkeypatch, caplog):
+    assert "loss.png" not in _card(tmp_path) and "samples_over_training" not in _card(tmp_path)
+    plots.write_loss_history(tmp_path / "loss_history.csv", [(100, 0.3, 1e-3), (200, 0.2, 1e-3), (300, 0.1, 5e-4)])
+    _fake_grids(tmp_path / "samples", range(100, 301, 200))
+    card = _card(tmp_path)
+    assert card.index("## Training") < card.index("![Training loss](loss.png)") < card.index("### Settings")
+    assert "![Samples over training](samples_over_training.png)" in card and "steps 100, 300" in card
+    assert all((tmp_path / name).is_file() for name in hub.FIGURES)
+
+    def broken(*args):
+        raise RuntimeError("no fonts today")
+
+    monkeypatch.setattr(plots, "plot_loss", broken)
+    with caplog.at_level(logging.WARNING, logger="training.hub"):
+        card = _card(tmp_path)
+    assert "loss.png" not in card and not (tmp_path / "loss.png").exists() and "samples_over_training.png" in card
+    assert "no loss plot: RuntimeError: no fonts today" in caplog.text
 
 
 # ---- checkpoints: atomic saves, full disks, corruption ---------------------------------------

@@ -1,8 +1,8 @@
 """The model card and the push to the Hugging Face Hub.
 
-The push sends only the pipeline (model_index.json, unet/, scheduler/), the card, the sample grid and the
-evaluation files; checkpoints and logs stay local. It also works on its own, to retry a failed push without
-retraining::
+The push sends only the pipeline (model_index.json, unet/, scheduler/), the card with its figures, the sample
+grid and the evaluation files; checkpoints and logs stay local. It also works on its own, to retry a failed
+push without retraining::
 
     python -m training.hub runs/sprites --hub_model_id you/sprite-diffusion
 """
@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from huggingface_hub import ModelCard, ModelCardData, create_repo, get_token, upload_folder
 
+from training import plots
+
+FIGURES = ("loss.png", "samples_over_training.png")  # drawn by write_model_card from the run's history and grids
 UPLOAD_PATTERNS = ["model_index.json", "unet/*", "scheduler/*", "README.md", "samples.png", "eval/*",
-                   "training_args.json"]
+                   "training_args.json", *FIGURES]
 DEFAULT_DATASET_NOTE = ("the bundled Dungeon Crawl Stone Soup sprites (`data/sprites_dcss.npz`; tiles by the "
                         "Dungeon Crawl Stone Soup team and RLTiles contributors, GPL-2+, most of them CC0)")
 TAGS = ["diffusers", "ddpm", "pixel-art", "sprites", "class-conditional", "sprite-diffusion"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PushError(RuntimeError):
@@ -84,10 +93,42 @@ def _table(rows: dict, header: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _drawn(what: str, draw: Callable[[], T]) -> T | None:
+    """draw()'s result, or None after a logged warning: the card goes out with a trained model, which must never
+    be lost to a figure (matplotlib, PIL and file errors alike)."""
+    try:
+        return draw()
+    except Exception as err:
+        logger.warning(f"the model card will have no {what}: {type(err).__name__}: {err}")
+        return None
+
+
+def _training_figures(output_dir: Path, up_to_step: int | None) -> list[str]:
+    """Markdown for the figures drawn from what train.py left in output_dir; a missing input means no figure."""
+    for name in FIGURES:
+        (output_dir / name).unlink(missing_ok=True)  # never show a figure left by an earlier save or run
+    parts = []
+    history = output_dir / plots.LOSS_HISTORY
+    if history.is_file() and _drawn("loss plot", lambda: plots.plot_loss(history, output_dir / "loss.png")):
+        parts.append("![Training loss](loss.png)")
+    samples, steps = output_dir / "samples", None
+    if len(plots.sample_grids(samples, up_to_step)) >= 2:
+        steps = _drawn("samples-over-training figure", lambda: plots.samples_over_training(
+            samples, output_dir / "samples_over_training.png", up_to_step=up_to_step))
+    if steps:
+        parts.append("![Samples over training](samples_over_training.png)\n\nThe sample grid, drawn from the same "
+                     f"noise, at steps {', '.join(map(str, steps))}: how the sprites took shape.")
+    return parts
+
+
 def write_model_card(output_dir: str | Path, *, context_names: list[str], resolution: int, dataset: str,
                      settings: dict, summary: dict, license: str, repo_id: str | None = None,
                      eval_results: dict | None = None) -> Path:
-    """README.md with Hub metadata, usage, the sample grid, training settings and evaluation."""
+    """README.md with Hub metadata, usage, the sample grid, training settings, figures and evaluation.
+
+    The training figures (loss.png, samples_over_training.png) are drawn here from loss_history.csv and
+    samples/step_*.png when output_dir has them; without them, or if drawing fails, the card has none.
+    """
     output_dir = Path(output_dir)
     dataset_text, dataset_ids = _dataset(dataset)
     data = ModelCardData(library_name="diffusers", license=license, tags=TAGS, datasets=dataset_ids,
@@ -111,6 +152,7 @@ def write_model_card(output_dir: str | Path, *, context_names: list[str], resolu
         f"Trained on {dataset_text}.",
         "## Training",
         _table(summary, ("result", "value")),
+        *_training_figures(output_dir, summary.get("steps") if isinstance(summary.get("steps"), int) else None),
         "### Settings",
         _table(settings, ("flag", "value")),
     ]

@@ -9,6 +9,7 @@ from pathlib import Path
 from diffusers.optimization import SchedulerType
 
 from model.loading import MAX_SAMPLE_SIZE
+from model.samplers import SAMPLERS
 from model.schedule import PREDICTION_TYPES
 from model.unet import PRESETS
 from training.sprite_data import add_dataset_args
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--save_images_steps", type=int, default=500, help="sample grid every N steps; 0 = only at the end")
     g.add_argument("--samples_per_context", type=int, default=8, help="sprites per context (row) in the grid")
     g.add_argument("--sample_steps", type=int, default=50, help="denoising steps for the grid")
-    g.add_argument("--sample_sampler", choices=["ddim", "ddpm"], default="ddim")
+    g.add_argument("--sample_sampler", choices=list(SAMPLERS), default="ddim")
     g.add_argument("--logger", choices=["tensorboard", "none"], default="tensorboard")
     g.add_argument("--logging_dir", default="logs", help="under --output_dir")
     g.add_argument("--logging_steps", type=int, default=10, help="log loss, learning rate and images/s every N steps")

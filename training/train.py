@@ -35,7 +35,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from model import NoiseSchedule, SpritePipeline, make_scheduler, unet_timestep  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from training import checkpointing, hub  # noqa: E402
+from training import checkpointing, hub, plots  # noqa: E402
 from training.options import ConfigError, check_args, parse_args, public_settings  # noqa: E402
 from training.sample_grid import context_grid, save_grid  # noqa: E402
 from training.sprite_data import DatasetError, dataset_from_args  # noqa: E402
@@ -216,6 +216,9 @@ def train(args: argparse.Namespace) -> int:
     if resume is not None:
         global_step = checkpointing.load_checkpoint(accelerator, resume)
         logger.info(f"resuming from {resume.name} at step {global_step}", main_process_only=True)
+    # Every logged (step, loss, lr), for the card's loss plot; a resume keeps the rows up to its step only.
+    history_csv = output_dir / plots.LOSS_HISTORY
+    history = plots.read_loss_history(history_csv, up_to_step=global_step) if resume is not None else []
     if accelerator.is_main_process:
         settings = public_settings(args)
         (output_dir / "training_args.json").write_text(json.dumps(settings, indent=2))
@@ -278,9 +281,12 @@ def train(args: argparse.Namespace) -> int:
                         "images_per_sec": window_images * accelerator.num_processes / elapsed}
                 progress.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{logs['images_per_sec']:.0f}")
                 accelerator.log({**logs, "epoch": epoch}, step=global_step)
+                history.append(plots.LossRow(global_step, logs["loss"], logs["lr"]))
                 loss_sum.zero_()
                 loss_count, window_images, window_start = 0, 0, time.perf_counter()
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                if accelerator.is_main_process:  # first, so a checkpoint never lacks the rows up to its step
+                    plots.write_loss_history(history_csv, history)
                 saved = checkpointing.save_checkpoint(accelerator, output_dir, global_step,
                                                       args.checkpoints_total_limit)
                 logger.info(f"saved {saved.name}", main_process_only=True)
@@ -288,7 +294,7 @@ def train(args: argparse.Namespace) -> int:
                     (args.save_images_steps and global_step % args.save_images_steps == 0)
                     or (args.push_at_checkpoints and args.checkpointing_steps
                         and global_step % args.checkpointing_steps == 0)):
-                save_outputs(accelerator, unet, ema, names, args, global_step, final=False)
+                save_outputs(accelerator, unet, ema, names, args, global_step, final=False, history=history)
             if args.debug_step_delay:
                 time.sleep(args.debug_step_delay)
             if deadline is not None and global_step % args.logging_steps == 0 and global_step < max_steps:
@@ -317,15 +323,20 @@ def train(args: argparse.Namespace) -> int:
                    "processes": accelerator.num_processes, "device": str(device.type),
                    "mixed precision": str(accelerator.mixed_precision)}
         logger.info(f"trained to step {global_step}: {summary['images per second']} images/s")
-        code = save_outputs(accelerator, unet, ema, names, args, global_step, final=True, summary=summary)
+        code = save_outputs(accelerator, unet, ema, names, args, global_step, final=True, summary=summary,
+                            history=history)
     accelerator.end_training()
     return code
 
 
 def save_outputs(accelerator: Accelerator, unet, ema: EMAModel | None, names: list[str], args: argparse.Namespace,
-                 step: int, final: bool, summary: dict | None = None) -> int:
-    """Main process: sample grid; at the end (or --push_at_checkpoints) the pipeline, card and push."""
+                 step: int, final: bool, summary: dict | None = None,
+                 history: list[plots.LossRow] | None = None) -> int:
+    """Main process: loss history and sample grid; at the end (or --push_at_checkpoints) the pipeline, card
+    (with its loss and progress figures, see plots.py) and push."""
     output_dir = Path(args.output_dir)
+    if history is not None:
+        plots.write_loss_history(output_dir / plots.LOSS_HISTORY, history)
     pipe = export_pipeline(accelerator, unet, ema, names, args.prediction_type)
     grid = context_grid(pipe, args.samples_per_context, args.sample_steps, args.sample_sampler)
     save_grid(grid, output_dir / "samples" / f"step_{step:06d}.png")

@@ -1,0 +1,1 @@
+"""The Gradio app's parts: event functions (events.py) and figures drawn for the page (figures.py)."""

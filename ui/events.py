@@ -1,0 +1,253 @@
+"""The app's event functions: each checks the raw request values (web page or API alike), runs the pipeline
+of model/ and turns its output into what the page shows. app.py lays the page out and wires these in.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from model import MAX_IMAGES, SAMPLERS, SpritePipeline, to_uint8, upscale
+from model.gallery import display_grid, noisy_copies, save_gif, save_sheet
+from model.inputs import InputError, choice, flag, real_number, weight_vector, whole_number
+from ui.figures import schedule_figure
+
+try:  # the bundled sprites for the forward-process tab; without them, uploads still work
+    from training.sprite_data import default_sprites, fit_pixel_art
+except ImportError:
+    default_sprites = fit_pixel_art = None
+
+MIXED, UNCONDITIONAL = "mixed", "unconditional"
+SAMPLER_LABELS = [s.label for s in SAMPLERS.values()]  # what the page and the API take ("DDIM"); names work too
+MAX_SEED = 2**31 - 1
+MAX_WEIGHT = 10.0  # per context; the sliders stop at 2
+MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
+# Chosen by the quality study (docs/study.md): with the bundled model, DDIM 10 and guidance 2 keep the context
+# accuracy of 25-50 steps and draw 16 sprites in about 1.4 s on a 2-core CPU (compiled); DDPM 500 takes ~90 s.
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DDIM", 10, 2.0
+COMPARED_SAMPLERS = ["DDIM", "DPM-Solver++ 2M", "UniPC", "Euler ancestral"]  # the comparison's first pick
+LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
+# Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
+LIVE_WIDTH, FINAL_WIDTH = 160, 560
+STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
+PROGRESS = gr.Progress()  # the default gradio looks for; it is bound to each request when called
+
+
+def sampler_name(field: str, value: object) -> str:
+    """A sampler's label ("DPM-Solver++ 2M") or name ("dpm++2m") -> its name in model.samplers.SAMPLERS."""
+    picked = choice(field, value, [*SAMPLER_LABELS, *SAMPLERS])
+    return next(s.name for s in SAMPLERS.values() if picked in (s.label, s.name))
+
+
+def sampler_hint(label: str) -> str:
+    """The one-line hint the page shows under the sampler choice."""
+    try:
+        return f"*{SAMPLERS[sampler_name('sampler', label)].hint}.*"
+    except InputError:
+        return ""
+
+
+def invalid_input(message: str) -> gr.Error:
+    """The user's mistake, shown in the page; not a server fault, so no traceback in the log."""
+    return gr.Error(message, title="Invalid input", print_exception=False)
+
+
+class SpriteApp:
+    """The event functions, bound to one pipeline loaded at startup (tests bind a tiny one)."""
+
+    def __init__(self, pipe: SpritePipeline, file_dir: str | Path | None = None):
+        self.pipe = pipe
+        self.file_dir = Path(file_dir or tempfile.mkdtemp(prefix="sprite-diffusion-"))
+        self.file_dir.mkdir(parents=True, exist_ok=True)
+        self.examples, self.example_captions = _example_sprites(pipe.unet.config.sample_size)
+
+    def settings(self, context, weights, num_inference_steps, sampler, add_noise, noise_scale, guidance_scale,
+                 num_images, seed, randomize_seed) -> dict:
+        """Check every request value (API calls never went through the sliders) -> pipeline arguments."""
+        names = self.pipe.context_names
+        try:
+            picked = choice("context", context, [*names, MIXED, UNCONDITIONAL])
+            if picked == MIXED:
+                picked = weight_vector("weights", weights, names, MAX_WEIGHT)
+            elif picked == UNCONDITIONAL:
+                picked = None
+            chosen_seed = (random.randint(0, MAX_SEED) if flag("randomize_seed", randomize_seed)
+                           else whole_number("seed", seed, 0, MAX_SEED))
+            return dict(
+                context=picked,
+                num_inference_steps=whole_number("num_inference_steps", num_inference_steps, 1,
+                                                 self.pipe.num_train_steps),
+                sampler=sampler_name("sampler", sampler),
+                add_noise=flag("add_noise", add_noise),
+                noise_scale=real_number("noise_scale", noise_scale, 0.0, MAX_SCALE),
+                guidance_scale=real_number("guidance_scale", guidance_scale, 0.0, MAX_SCALE),
+                num_images=whole_number("num_images", num_images, 1, MAX_IMAGES),
+                seed=chosen_seed,
+            )
+        except InputError as err:
+            raise invalid_input(str(err)) from None
+
+    def generate(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
+                 sampler: str = DEFAULT_SAMPLER, add_noise: bool = True, noise_scale: float = 1.0,
+                 guidance_scale: float = DEFAULT_GUIDANCE, num_images: int = 16, seed: int = 0,
+                 randomize_seed: bool = False,
+                 progress: gr.Progress = PROGRESS):
+        """Stream sampling: (samples x_t, predicted x0, final grid, GIF, sprite sheet, stats, seed).
+
+        The first update follows the first step; later ones come every few steps, and the
+        final sprites, sheet and GIF come with the last update only.
+        """
+        args = self.settings(context, weights, num_inference_steps, sampler, add_noise, noise_scale,
+                             guidance_scale, num_images, seed, randomize_seed)
+        n, seed = args["num_inference_steps"], args["seed"]
+        try:
+            steps = self.pipe.denoise(**args)
+        except ValueError as err:
+            raise invalid_input(str(err)) from None
+        every = max(1, n // LIVE_FRAMES)
+        frames = []
+        start = time.perf_counter()
+        for step in steps:
+            progress((step.index + 1, n), desc="Denoising", unit="steps")
+            if step.index % every and step.index < n - 1:
+                continue
+            sprites = to_uint8(step.sample)
+            current = display_grid(sprites, LIVE_WIDTH)
+            predicted = display_grid(to_uint8(step.predicted_clean), LIVE_WIDTH)
+            frames.append(current)
+            if step.index < n - 1:
+                yield current, predicted, None, None, None, f"Step {step.index + 1} of {n}: t = {step.timestep}", seed
+        seconds = time.perf_counter() - start
+        name = uuid.uuid4().hex[:12]
+        gif = save_gif(frames, self.file_dir / f"denoising-{name}.gif")
+        sheet = save_sheet(sprites, self.file_dir / f"sprites-{name}.png")
+        stats = (f"**{len(sprites)} sprite{'s' if len(sprites) > 1 else ''}, {n} {SAMPLERS[args['sampler']].label} "
+                 f"steps in {seconds:.2f} s** "
+                 f"({n / seconds:.1f} steps/s), seed {seed}")
+        if getattr(self.pipe, "compiling", False):
+            stats += " · this run was eager: the compiled U-Net is still being built (a minute or two after a start)"
+        yield current, predicted, display_grid(sprites, FINAL_WIDTH), str(gif), str(sheet), stats, seed
+
+    def compare(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
+                noise_scale: float = 1.0, guidance_scale: float = DEFAULT_GUIDANCE, num_images: int = 16, seed: int = 0,
+                randomize_seed: bool = False, progress: gr.Progress = PROGRESS):
+        """DDPM from one seed with and without noise re-adding: (with, without, caption, seed)."""
+        args = self.settings(context, weights, num_inference_steps, "DDPM", True, noise_scale, guidance_scale,
+                             num_images, seed, randomize_seed)
+        n = args["num_inference_steps"]
+        grids = []
+        for run, add_noise in enumerate((True, False)):
+            def report(index, *_, run=run):
+                progress((run * n + index + 1, 2 * n), desc="Noise on" if run == 0 else "Noise off", unit="steps")
+
+            try:
+                out = self.pipe(**{**args, "add_noise": add_noise}, callback=report)
+            except ValueError as err:
+                raise invalid_input(str(err)) from None
+            grids.append(display_grid(out.array, FINAL_WIDTH))
+        caption = (f"Same seed ({args['seed']}), same {n} DDPM steps. Left: fresh noise s3·z is re-added at each "
+                   "step. Right: z = 0, so samples drift off what the network was trained on and collapse.")
+        return grids[0], grids[1], caption, args["seed"]
+
+    def compare_samplers(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
+                         guidance_scale: float = DEFAULT_GUIDANCE, num_images: int = 16, seed: int = 0,
+                         randomize_seed: bool = False, samplers: list[str] | None = None,
+                         progress: gr.Progress = PROGRESS):
+        """One seed, the same starting noise, each chosen sampler at the same steps: streams (gallery, seed) as
+        each sampler finishes, every grid captioned with its time."""
+        args = self.settings(context, weights, num_inference_steps, "DDIM", True, 1.0, guidance_scale,
+                             num_images, seed, randomize_seed)
+        chosen = COMPARED_SAMPLERS if samplers is None else samplers
+        if isinstance(chosen, str) or not isinstance(chosen, list | tuple) or not chosen:
+            raise invalid_input(f"samplers must be a list of one or more of {', '.join(SAMPLER_LABELS)}")
+        try:
+            names = list(dict.fromkeys(sampler_name("samplers", label) for label in chosen))
+        except InputError as err:
+            raise invalid_input(str(err)) from None
+        n, gallery = args["num_inference_steps"], []
+        for run, name in enumerate(names):
+            def report(index, *_, run=run, label=SAMPLERS[name].label):
+                progress((run * n + index + 1, len(names) * n), desc=label, unit="steps")
+
+            start = time.perf_counter()
+            out = self.pipe(**{**args, "sampler": name}, callback=report)
+            seconds = time.perf_counter() - start
+            gallery.append((display_grid(out.array, LIVE_WIDTH * 2), f"{SAMPLERS[name].label}: {n} steps, "
+                                                                      f"{seconds:.2f} s"))
+            yield list(gallery), args["seed"]
+
+    def forward(self, sprite: np.ndarray | None, t: int = 250):
+        """The forward process on one sprite: (x_t, strip at t = 0/100/250/500, formula)."""
+        if sprite is None:
+            return None, [], "Pick a sprite or upload an image."
+        try:
+            t = whole_number("t", t, 0, self.pipe.num_train_steps)
+        except InputError as err:
+            raise invalid_input(str(err)) from None
+        clean = self.as_sprite(sprite)
+        copies = noisy_copies(clean, self.pipe.noise_schedule, [t, *STRIP])
+        ab = float(self.pipe.noise_schedule.alpha_bar[t])
+        formula = (f"$$x_{{{t}}} = \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + \\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon"
+                   f" = {ab ** 0.5:.3f}\\,x_0 + {(1 - ab) ** 0.5:.3f}\\,\\epsilon$$")
+        strip = [(upscale(c, 8), f"t = {s}") for c, s in zip(copies[1:], STRIP, strict=True)]
+        return upscale(copies[0], 16), strip, formula
+
+    def schedule_plot(self, t: int = 250):
+        """The schedule's signal and noise shares and log SNR, marked at the forward tab's t."""
+        try:
+            t = whole_number("t", t, 0, self.pipe.num_train_steps)
+        except InputError as err:
+            raise invalid_input(str(err)) from None
+        return schedule_figure(self.pipe.noise_schedule, t)
+
+    def as_sprite(self, image: np.ndarray) -> np.ndarray:
+        """Any uploaded picture -> (R, R, 3) uint8 at the model's resolution."""
+        size = self.pipe.unet.config.sample_size
+        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+            raise invalid_input("the sprite must be an image")
+        picture = Image.fromarray(image.astype(np.uint8))
+        if fit_pixel_art is not None:
+            return fit_pixel_art(picture, size)
+        return np.asarray(picture.convert("RGB").resize((size, size), Image.BOX))
+
+    def pick_example(self, evt: gr.SelectData):
+        """A click on a dataset sprite puts it (enlarged) into the sprite box."""
+        return upscale(self.examples[evt.index], 16)
+
+
+def _example_sprites(resolution: int, per_context: int = 5) -> tuple[np.ndarray | None, list[str]]:
+    """A few bundled sprites of each kind for the forward tab, or (None, []) without the dataset."""
+    if default_sprites is None:
+        return None, []
+    try:
+        images, labels, names = default_sprites(resolution)
+    except (OSError, ValueError):
+        return None, []
+    chosen, captions = [], []
+    for c, name in enumerate(names):
+        members = np.flatnonzero(labels[:, c])
+        for i in np.linspace(0, len(members) - 1, per_context).astype(int):
+            chosen.append(members[i])
+            captions.append(name)
+    return images[chosen], captions
+
+
+def _one_hot(context: str, names: list[str]) -> list:
+    """Picking one context shows its one-hot vector in the mixing panel; picking "mix" opens the panel."""
+    if context not in names:
+        return [gr.skip()] * (len(names) + 1) + [gr.Accordion(open=True) if context == MIXED else gr.skip()]
+    weights = [1.0 if n == context else 0.0 for n in names]
+    return [*weights, _format_weights(weights), gr.skip()]
+
+
+def _format_weights(weights) -> str:
+    return ", ".join(f"{w:g}" for w in weights)
+
+
