@@ -67,6 +67,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         gr.Markdown(f"# Sprite Diffusion\nWatch a diffusion model turn pure noise into {size}×{size} game sprites, "
                     "one denoising step at a time, as in DeepLearning.AI's *How Diffusion Models Work*.")
         gr.Markdown(f"{model_note} Contexts: {', '.join(names)}.", elem_id="model-note")
+        warm_up = gr.Markdown(visible=False, elem_id="warm-up")
+        warm_up_timer = gr.Timer(2)  # polls the background compile until it ends, then stops
 
         with gr.Tab("Generate"):
             with gr.Row():
@@ -129,8 +131,10 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
             with gr.Row():
                 with gr.Column():
                     first = upscale(events.examples[0], 16) if events.examples is not None else None
+                    # height/width: the box keeps its size whatever the upload's (a 1x1 or 64x64 picture too)
                     sprite = gr.Image(first, label="Sprite x₀ (pick below or upload)", type="numpy",
-                                      image_mode="RGBA", sources=["upload"], format="png", elem_classes="pixelated")
+                                      image_mode="RGBA", sources=["upload"], format="png", height=280, width=280,
+                                      elem_classes=["pixelated", "fill"])
                     if events.examples is not None:
                         example_gallery = gr.Gallery(
                             [(upscale(s, 4), c) for s, c in zip(events.examples, events.example_captions, strict=True)],
@@ -176,12 +180,17 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         sampler.change(sampler_hint, sampler, hint, api_visibility="private", queue=False, show_progress="hidden")
         t_slider.change(events.schedule_plot, t_slider, schedule, api_visibility="private", concurrency_limit=4,
                         trigger_mode="always_last", show_progress="hidden")
+        # preprocess=False here too: the upload is opened by read_upload, which turns a broken or huge file into
+        # one plain message instead of gradio's "could not preprocess" error with a server path in it.
         t_slider.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_name="forward",
-                        concurrency_limit=4, trigger_mode="always_last", show_progress="hidden")
+                        concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
         sprite.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_visibility="private",
-                      concurrency_limit=4, trigger_mode="always_last", show_progress="hidden")
+                      concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
         if events.examples is not None:
             example_gallery.select(events.pick_example, None, sprite, api_visibility="private", queue=False)
+
+        warm_up_timer.tick(events.warm_up_note, None, [warm_up, warm_up_timer], api_visibility="private",
+                           queue=False, show_progress="hidden")
 
         # Mixing panel: moving a weight selects "mix"; picking one context shows its one-hot vector.
         for slider in sliders:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Collection
 
 import torch
@@ -19,12 +20,31 @@ from diffusers import UNet2DModel
 logger = logging.getLogger(__name__)
 
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+TRACING_COLLISION = "is not installed as a submodule"  # torch.fx's error for a module called mid-trace
+TRACING_WAIT_S = 300.0  # longest wait for another thread's trace to end (the longest seen: seconds)
 
 
 def eager_predictor(unet: UNet2DModel) -> NoisePredictor:
-    """The reference: the stock U-Net in fp32."""
+    """The reference: the stock U-Net in fp32, safe to call while another thread compiles.
+
+    torch.compile traces with torch.fx, which replaces ``torch.nn.Module.__call__`` for the whole process
+    while it traces (seconds at a time, a few times per compile). A module called from another thread in that
+    window fails with "module is not installed as a submodule": the app's requests did, while the U-Net was
+    being compiled in the background. The forward changes nothing, so it waits for the window to end and
+    runs again; no other thread-safe way around a process-wide patch exists short of a second process.
+    """
     def predict(sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return unet(sample, timestep, class_labels=context).sample
+        deadline = None
+        while True:
+            try:
+                return unet(sample, timestep, class_labels=context).sample
+            except NameError as err:
+                if TRACING_COLLISION not in str(err):
+                    raise
+                deadline = deadline or time.monotonic() + TRACING_WAIT_S
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
     return predict
 
 

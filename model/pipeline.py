@@ -3,6 +3,7 @@
 Shaped like diffusers' DDPMPipeline, plus what the course teaches: a context vector
 (one-hot, mixed, or zero for unconditional), the DDPM update written as the formula,
 a switch for noise re-adding, DDIM, classifier-free guidance, and per-step output.
+Redrawing and repainting a sprite (model/editing.py) run through the same loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from .editing import PLAIN, EditPlan, SpriteEditing, StepCallback
 from .fast import NoisePredictor, compiled_step, eager_predictor, fast_predictor
 from .samplers import SAMPLERS, get_sampler
 from .schedule import NoiseSchedule, timestep_grid, unet_timestep
@@ -36,7 +39,7 @@ class DenoiseStep:
 
     index: int  # 0-based step number
     timestep: int  # course step t the network was asked about (T ... 1)
-    sample: torch.Tensor  # x_{t_prev} after this update, (N, 3, H, W) in about [-1, 1]
+    sample: torch.Tensor  # x_{t_prev} after this update (and an edit's hook), (N, 3, H, W) in about [-1, 1]
     predicted_clean: torch.Tensor  # the network's x0 estimate at this step
 
 
@@ -52,7 +55,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-class SpritePipeline(DiffusionPipeline):
+class SpritePipeline(SpriteEditing, DiffusionPipeline):
     """Generate sprites for a context. ``context_names`` travels in model_index.json."""
 
     unet: UNet2DModel
@@ -233,15 +236,22 @@ class SpritePipeline(DiffusionPipeline):
         """
         self.check_inputs(num_images, num_inference_steps, sampler, guidance_scale, noise_scale)
         context_weights = self.context_vector(context, num_images)
-        if generator is None and seed is not None:
-            generator = torch.Generator().manual_seed(int(seed))
         return self._reverse_process(context_weights, num_inference_steps, sampler, add_noise, noise_scale,
-                                     guidance_scale, generator)
+                                     guidance_scale, self._generator(generator, seed))
+
+    @staticmethod
+    def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+        """The given generator, else a CPU one from ``seed`` (None: torch's global one)."""
+        if generator is None and seed is not None:
+            return torch.Generator().manual_seed(int(seed))
+        return generator
 
     @torch.inference_mode()
     def _reverse_process(self, context_weights: torch.Tensor, num_inference_steps: int, sampler: str,
                          add_noise: bool, noise_scale: float, guidance_scale: float,
-                         generator: torch.Generator | None) -> Iterator[DenoiseStep]:
+                         generator: torch.Generator | None, plan: EditPlan = PLAIN) -> Iterator[DenoiseStep]:
+        """The one reverse loop. ``plan`` may start it part of the way down from a given sprite, run a hook after
+        every step and jump back up the grid (model/editing.py); the default plan is plain sampling."""
         size = self.unet.config.sample_size
         shape = (context_weights.shape[0], 3, size, size)
         # Made in inference mode like every other input of the U-Net here, or a compiled U-Net would
@@ -256,33 +266,61 @@ class SpritePipeline(DiffusionPipeline):
             return (noise.mul_(scale) if scale != 1.0 else noise).to(self.device, non_blocking=True)
 
         if not get_sampler(sampler).is_course_formula:
-            yield from self._scheduler_loop(sampler, gaussian(), num_inference_steps, context_weights, guidance,
-                                            generator)
+            yield from self._scheduler_loop(sampler, gaussian, num_inference_steps, context_weights, guidance,
+                                            generator, plan)
             return
-        grid = timestep_grid(num_inference_steps, self.num_train_steps)
+        grid = plan.course_grid(timestep_grid(num_inference_steps, self.num_train_steps))
         # Per-step numbers go to the device once, as tables: no copy from the host in the loop.
         table = self.noise_schedule.step_table(grid, sampler).to(self.device, torch.float32)
         timesteps = torch.tensor([unet_timestep(t) for t, _ in grid], device=self.device)
         no_noise = torch.zeros(shape, device=self.device)
-        sample = gaussian()
-        for index, (t, t_prev) in enumerate(grid):
+        level = grid[0][0] if grid else 0  # the course step the sample is at
+
+        def noised_to(t: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda clean: clean if t == 0 else self.noise_schedule.add_noise(clean, gaussian(), t)
+
+        sample = gaussian() if plan.clean is None else noised_to(level)(plan.clean)
+        for index, position in enumerate(plan.visit_order(len(grid))):
+            t, t_prev = grid[position]
+            if t > level:  # a resampling jump: back up the grid by the forward process
+                sample = self.noise_schedule.add_noise_between(sample, gaussian(), level, t)
             readd = sampler == "ddpm" and add_noise and t_prev > 0
             extra_noise = gaussian(noise_scale) if readd else no_noise
-            sample, predicted_clean = self.step_function(sample, timesteps[index], context_weights, table[index],
-                                                         extra_noise, guidance)
+            sample, predicted_clean = self.step_function(sample, timesteps[position], context_weights,
+                                                         table[position], extra_noise, guidance)
+            if plan.after_step is not None:
+                sample = plan.after_step(sample, t_prev, noised_to(t_prev))
+            level = t_prev
             yield DenoiseStep(index, t, sample, predicted_clean)
 
-    def _scheduler_loop(self, sampler: str, noise: torch.Tensor, num_inference_steps: int,
+    def _scheduler_loop(self, sampler: str, gaussian: Callable[[], torch.Tensor], num_inference_steps: int,
                         context_weights: torch.Tensor, guidance: torch.Tensor | None,
-                        generator: torch.Generator | None) -> Iterator[DenoiseStep]:
-        """A diffusers scheduler's loop, as in its own pipelines: scale the input, predict, ``scheduler.step``."""
+                        generator: torch.Generator | None, plan: EditPlan) -> Iterator[DenoiseStep]:
+        """A diffusers scheduler's loop, as in its own pipelines: scale the input, predict, ``scheduler.step``.
+
+        A plan's start and hook work as in diffusers' img2img and inpainting pipelines: the timesteps at or
+        below start_t, ``set_begin_index``, and ``scheduler.add_noise`` to noise in the scheduler's own units.
+        """
         scheduler = get_sampler(sampler).make_scheduler(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
+        begin = 0 if plan.start_t is None else int((scheduler.timesteps > unet_timestep(plan.start_t)).sum())
+        if hasattr(scheduler, "set_begin_index"):  # img2img-style starts; add_noise then uses the step index
+            scheduler.set_begin_index(begin)
+        timesteps = scheduler.timesteps[begin:]
+        if plan.clean is None:
+            sample = gaussian() * scheduler.init_noise_sigma  # the same starting noise as DDPM and DDIM, in its units
+        elif len(timesteps):
+            sample = scheduler.add_noise(plan.clean, gaussian(), timesteps[:1])
+        else:
+            return
         sqrt_alpha_bar = self.noise_schedule.alpha_bar.to(self.device, torch.float32).sqrt()
         sqrt_one_minus_alpha_bar = (1 - self.noise_schedule.alpha_bar.to(self.device, torch.float32)).sqrt()
+
+        def noised(clean: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+            return scheduler.add_noise(clean, gaussian(), following) if len(following) else clean
+
         stochastic = not get_sampler(sampler).deterministic  # these draw noise in step(), from our generator
-        sample = noise * scheduler.init_noise_sigma  # the same starting noise as DDPM and DDIM, in its units
-        for index, timestep in enumerate(scheduler.timesteps):
+        for index, timestep in enumerate(timesteps):
             model_input = scheduler.scale_model_input(sample, timestep)  # x_t in the U-Net's (DDPM) units
             # Whole-numbered timesteps go in as integers like DDPM's, so a compiled U-Net serves every sampler.
             unet_t = timestep.to(torch.int64) if timestep == timestep.round() else timestep
@@ -292,12 +330,18 @@ class SpritePipeline(DiffusionPipeline):
                                                       sqrt_one_minus_alpha_bar[t])
             extra = {"generator": generator} if stochastic else {}
             sample = scheduler.step(output, timestep, sample, **extra).prev_sample
-            yield DenoiseStep(index, t, sample, predicted_clean)
+            following = timesteps[index + 1:index + 2]  # the level just reached; none after the last step
+            if plan.after_step is not None:
+                t_prev = int(following.round()) + 1 if len(following) else 0
+                sample = plan.after_step(sample, t_prev, partial(noised, following=following))
+            # Shown as x_t in the U-Net's units, like DDPM's (Euler's own sample is x_t * sqrt(sigma^2 + 1)).
+            shown = scheduler.scale_model_input(sample, following[0]) if len(following) else sample
+            yield DenoiseStep(index, t, shown, predicted_clean)
 
     def __call__(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,
                  sampler: str = "ddpm", add_noise: bool = True, noise_scale: float = 1.0,
                  guidance_scale: float = 1.0, generator: torch.Generator | None = None, seed: int | None = None,
-                 callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> SpriteOutput:
+                 callback: StepCallback | None = None) -> SpriteOutput:
         """Sample sprites.
 
         context: a context name, a list of names (mixed equally), a weight vector over
@@ -312,12 +356,17 @@ class SpritePipeline(DiffusionPipeline):
         generator / seed: where the noise comes from (seed is used when no generator is given).
         callback: called as callback(step_index, t, sample, predicted_clean) after every step.
         """
-        sample = None
         steps = self.denoise(context, num_images, num_inference_steps, sampler, add_noise, noise_scale,
                              guidance_scale, generator, seed)
-        for step in self.progress_bar(steps, total=num_inference_steps):
+        return self._collect(steps, callback, total=num_inference_steps)
+
+    def _collect(self, steps: Iterator[DenoiseStep], callback: StepCallback | None,
+                 unchanged: np.ndarray | None = None, total: int | None = None) -> SpriteOutput:
+        """Run the steps (progress bar, callback) into sprites; ``unchanged`` is the result when there are none."""
+        sample = None
+        for step in self.progress_bar(steps, total=total):
             sample = step.sample
             if callback is not None:
                 callback(step.index, step.timestep, step.sample, step.predicted_clean)
-        array = to_uint8(sample)
+        array = unchanged if sample is None else to_uint8(sample)
         return SpriteOutput(images=[Image.fromarray(a) for a in array], array=array)

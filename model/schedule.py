@@ -72,6 +72,12 @@ class NoiseSchedule:
         ab = ab.to(clean.dtype).reshape(-1, *([1] * (clean.dim() - 1)))
         return ab.sqrt() * clean + (1 - ab).sqrt() * noise
 
+    def add_noise_between(self, sample: torch.Tensor, noise: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
+        """x_{t_to} from x_{t_from} (t_from < t_to), the forward process over the gap (RePaint's jump back up):
+        sqrt(ab_to / ab_from) x_from + sqrt(1 - ab_to / ab_from) noise."""
+        alpha = float(self.alpha_bar[t_to] / self.alpha_bar[t_from])
+        return alpha**0.5 * sample + (1 - alpha) ** 0.5 * noise
+
     def velocity(self, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The v-prediction target sqrt(ab_t) noise - sqrt(1 - ab_t) x_0."""
         ab = self.alpha_bar.to(clean.device)[torch.as_tensor(t, device=clean.device)]

@@ -237,6 +237,33 @@ def test_forward_process_tab(sprites):
             sprites.forward(sprite, bad)
 
 
+def test_uploads_that_are_not_sprites_get_one_plain_message(sprites, tmp_path):
+    """Files as the page uploads them (gradio's file dict, opened by the event): the message names the problem,
+    never a server path; a readable upload of any size is fitted to the model's resolution."""
+    huge = tmp_path / "huge.png"
+    Image.new("P", (3000, 3000)).save(huge, optimize=True)  # a small file holding a huge blank canvas
+    assert huge.stat().st_size < 100_000
+    tall = tmp_path / "tall.png"
+    Image.new("RGB", (100, 50_000)).save(tall)
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a picture")
+    truncated = tmp_path / "cut.png"
+    Image.new("RGB", (64, 64), "red").save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    for path, words in ((huge, "image too large: at most 2048 x 2048"), (tall, "got 5,000,000 pixels"),
+                        (fake, "not an image"), (truncated, "not an image")):
+        with pytest.raises(gr.Error) as err:
+            sprites.forward({"path": str(path), "meta": {"_type": "gradio.FileData"}}, 100)
+        assert words in err.value.message and str(tmp_path) not in err.value.message
+    with pytest.raises(gr.Error, match="must be an image file"):
+        sprites.forward({"url": "http://example.invalid/x.png"}, 100)
+    for size in ((1, 1), (64, 64), (37, 5)):
+        small = tmp_path / f"{size}.png"
+        Image.new("RGBA", size, (200, 30, 30, 255)).save(small)
+        clean = sprites.forward({"path": str(small)}, 0)[0]
+        assert clean.size == (16 * 16, 16 * 16)  # the model's 16 px, enlarged 16x
+
+
 def test_dataset_examples_feed_the_forward_tab(sprites):
     if sprites.examples is None:
         pytest.skip("the bundled dataset (data/sprites_dcss.npz) is not available")
@@ -347,7 +374,7 @@ def test_api_bad_input_gets_an_error_and_the_server_keeps_answering(client, capf
         with pytest.raises(Exception, match=words.replace("[", r"\[")):
             client.predict(**{**FAST, **extra, name: value}, api_name="/generate")
     assert "Traceback" not in capfd.readouterr().err  # our checks: a user's mistake is not a server fault
-    with pytest.raises(Exception, match="minimum value 0"):  # the slider's own check, before ours (gradio logs it)
+    with pytest.raises(Exception, match="t must be a whole number from 0 to 500"):
         client.predict(sprite=None, t=-5, api_name="/forward")
     assert Path(client.predict(**FAST, api_name="/generate")[2]).is_file()
 
@@ -406,3 +433,13 @@ def test_full_queue_answers_busy_at_once(tiny_dir, tmp_path, monkeypatch):
                 job.cancel()
     finally:
         demo.close()
+
+
+def test_the_page_says_when_it_is_warming_up(sprites, monkeypatch):
+    monkeypatch.setattr(sprites.pipe, "compiling", True, raising=False)
+    note, timer = sprites.warm_up_note()
+    assert note.visible and "Warming up" in note.value
+    assert timer == gr.skip()  # the timer keeps polling
+    monkeypatch.setattr(sprites.pipe, "compiling", False)
+    note, timer = sprites.warm_up_note()
+    assert not note.visible and timer.active is False

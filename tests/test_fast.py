@@ -7,6 +7,8 @@ a looser bound: final uint8 sprites within 8 levels on average.
 """
 
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,41 @@ def test_compiled_for_chosen_batch_sizes_serves_requests_without_recompiling(pip
     assert counters["stats"]["unique_graphs"] == before
     fast.disable_fast_sampling()
 
+
+
+def test_an_eager_request_waits_out_a_trace_in_another_thread():
+    """torch.fx patches nn.Module.__call__ process-wide while it traces (torch.compile does, in the app's
+    background compile). A U-Net call from another thread then fails outright; the eager predictor waits for
+    the trace to end and returns the same noise prediction."""
+    import threading
+
+    from model.fast import eager_predictor
+
+    torch.manual_seed(0)
+    unet = build_unet(5, "tiny").eval()
+    args = (torch.randn(2, 3, 16, 16), torch.tensor(10), torch.eye(5)[:2])
+    with torch.no_grad():
+        reference = unet(*args[:2], class_labels=args[2]).sample
+    tracing, release = threading.Event(), threading.Event()
+
+    class SlowToTrace(torch.nn.Module):
+        def forward(self, x):
+            tracing.set()
+            release.wait(10)
+            return x + 1
+
+    tracer = threading.Thread(target=torch.fx.symbolic_trace, args=(SlowToTrace(),))
+    tracer.start()
+    try:
+        assert tracing.wait(10)
+        with pytest.raises(NameError, match="is not installed as a submodule"), torch.no_grad():
+            unet(*args[:2], class_labels=args[2])  # the collision itself, as requests met it
+        threading.Timer(0.5, release.set).start()
+        start = time.perf_counter()
+        with torch.no_grad():
+            waited = eager_predictor(unet)(*args)
+        assert time.perf_counter() - start >= 0.4  # it waited for the trace to end ...
+        torch.testing.assert_close(waited, reference)  # ... and then predicted as usual
+    finally:
+        release.set()
+        tracer.join()

@@ -40,6 +40,18 @@ def test_each_sampler_runs_any_step_count_and_ends_on_sprites(pipe, sampler, ste
 
 
 @pytest.mark.parametrize("sampler", LIBRARY)
+def test_streamed_samples_are_in_the_units_the_app_shows(pipe, sampler, monkeypatch):
+    """Every streamed x_t is what the U-Net sees next, in DDPM's units, as DDPM's are; not Euler's own sigma
+    units (x_t * sqrt(sigma^2 + 1), sigma up to 12.6 here), which would show as a saturated grid."""
+    inputs = []
+    predictor = pipe.noise_predictor
+    monkeypatch.setattr(pipe, "noise_predictor", lambda x, t, c: inputs.append(x.clone()) or predictor(x, t, c))
+    seen = list(pipe.denoise("hero", num_images=2, num_inference_steps=6, sampler=sampler, seed=1))
+    for step, next_input in zip(seen, inputs[1:], strict=False):
+        torch.testing.assert_close(step.sample, next_input)
+
+
+@pytest.mark.parametrize("sampler", LIBRARY)
 def test_a_seed_reproduces_and_another_seed_differs(pipe, sampler):
     first = pipe("food", num_images=2, num_inference_steps=7, sampler=sampler, seed=5).array
     again = pipe("food", num_images=2, num_inference_steps=7, sampler=sampler, seed=5).array

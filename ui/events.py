@@ -5,6 +5,7 @@ of model/ and turns its output into what the page shows. app.py lays the page ou
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -37,6 +38,7 @@ LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
 # Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
 LIVE_WIDTH, FINAL_WIDTH = 160, 560
 STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
+MAX_UPLOAD_SIDE = 2048  # an upload may hold at most this many pixels squared
 PROGRESS = gr.Progress()  # the default gradio looks for; it is bound to each request when called
 
 
@@ -57,6 +59,33 @@ def sampler_hint(label: str) -> str:
 def invalid_input(message: str) -> gr.Error:
     """The user's mistake, shown in the page; not a server fault, so no traceback in the log."""
     return gr.Error(message, title="Invalid input", print_exception=False)
+
+
+def read_upload(value: object) -> np.ndarray | Image.Image | None:
+    """An upload as the event receives it raw (a file's path, gradio's file dict, or an array from Python) ->
+    a picture, or a plain message: not an image, or too large, with no traceback and no server path."""
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, str | Path):
+        raise invalid_input("the sprite must be an image file (PNG, GIF, JPEG, WebP or BMP)")
+    too_large = f"image too large: at most {MAX_UPLOAD_SIDE} x {MAX_UPLOAD_SIDE} pixels"
+    not_an_image = "not an image: the file could not be read as PNG, GIF, JPEG, WebP or BMP"
+    try:
+        picture = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
+    except Image.DecompressionBombError as err:  # PIL's own limit (app.py sets it) is met before ours
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        raise invalid_input(too_large + (f", got {int(pixels[1]):,} pixels" if pixels else "")) from None
+    except (OSError, ValueError):
+        raise invalid_input(not_an_image) from None
+    width, height = picture.size
+    if width * height > MAX_UPLOAD_SIDE**2:
+        raise invalid_input(f"{too_large}, got {width} x {height}")
+    try:
+        picture.load()
+    except (OSError, ValueError):  # truncated or corrupt pixel data
+        raise invalid_input(not_an_image) from None
+    return picture
 
 
 class SpriteApp:
@@ -183,15 +212,16 @@ class SpriteApp:
                                                                       f"{seconds:.2f} s"))
             yield list(gallery), args["seed"]
 
-    def forward(self, sprite: np.ndarray | None, t: int = 250):
+    def forward(self, sprite: np.ndarray | dict | str | None, t: int = 250):
         """The forward process on one sprite: (x_t, strip at t = 0/100/250/500, formula)."""
-        if sprite is None:
-            return None, [], "Pick a sprite or upload an image."
         try:
             t = whole_number("t", t, 0, self.pipe.num_train_steps)
         except InputError as err:
             raise invalid_input(str(err)) from None
-        clean = self.as_sprite(sprite)
+        picture = read_upload(sprite)
+        if picture is None:
+            return None, [], "Pick a sprite or upload an image."
+        clean = self.as_sprite(picture)
         copies = noisy_copies(clean, self.pipe.noise_schedule, [t, *STRIP])
         ab = float(self.pipe.noise_schedule.alpha_bar[t])
         formula = (f"$$x_{{{t}}} = \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + \\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon"
@@ -207,15 +237,26 @@ class SpriteApp:
             raise invalid_input(str(err)) from None
         return schedule_figure(self.pipe.noise_schedule, t)
 
-    def as_sprite(self, image: np.ndarray) -> np.ndarray:
+    def as_sprite(self, image: np.ndarray | Image.Image) -> np.ndarray:
         """Any uploaded picture -> (R, R, 3) uint8 at the model's resolution."""
         size = self.pipe.unet.config.sample_size
-        if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        if isinstance(image, Image.Image):
+            picture = image
+        elif isinstance(image, np.ndarray) and image.ndim in (2, 3) and image.size:
+            picture = Image.fromarray(image.astype(np.uint8))
+        else:
             raise invalid_input("the sprite must be an image")
-        picture = Image.fromarray(image.astype(np.uint8))
         if fit_pixel_art is not None:
             return fit_pixel_art(picture, size)
         return np.asarray(picture.convert("RGB").resize((size, size), Image.BOX))
+
+    def warm_up_note(self):
+        """While the U-Net compiles after a start: a line saying so, and the timer keeps polling; then neither."""
+        if getattr(self.pipe, "compiling", False):
+            return (gr.Markdown("⏳ **Warming up**: compiling the U-Net for 16 sprites (a minute or two after a "
+                                "start). Requests run meanwhile, uncompiled and about 1.7x slower.", visible=True),
+                    gr.skip())
+        return gr.Markdown(visible=False), gr.Timer(active=False)
 
     def pick_example(self, evt: gr.SelectData):
         """A click on a dataset sprite puts it (enlarged) into the sprite box."""
