@@ -65,6 +65,17 @@ def _fetch(repo_id: str, revision: str | None, token: str | bool | None) -> Path
         raise ModelLoadError(f"{where}: download failed ({type(err).__name__}: {err})") from None
 
 
+def _local_hint(source: str) -> str:
+    """When a Hub-looking id names a folder that exists here (runs/mine when runs/ exists), it was most
+    likely a mistyped local path: say so, with what that folder does hold."""
+    parent = Path(source).parent
+    if parent == Path(".") or not parent.is_dir():
+        return ""
+    here = sorted(p.name for p in parent.iterdir() if p.is_dir())
+    listed = ", ".join(here[:8]) + (", ..." if len(here) > 8 else "") if here else "no folders"
+    return f". It is not a local folder either: {parent}/ holds {listed}"
+
+
 def _weights_problem(unet: torch.nn.Module, weights_file: Path) -> str | None:
     """diffusers leaves missing weights on the meta device and skips unknown ones: both mean a mismatch."""
     with safe_open(weights_file, framework="pt") as f:
@@ -93,7 +104,10 @@ def load_pipeline(source: str | Path | None = None, revision: str | None = None,
     if not folder.is_dir():
         if Path(source).is_absolute() or str(source).startswith((".", "~")):
             raise ModelLoadError(f"model folder {source} does not exist")
-        folder = _fetch(str(source), revision, token)
+        try:
+            folder = _fetch(str(source), revision, token)
+        except ModelLoadError as err:
+            raise ModelLoadError(f"{err}{_local_hint(str(source))}") from None
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelLoadError(f"model {source}: missing {', '.join(missing)} (weights must be safetensors)")

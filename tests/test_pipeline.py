@@ -135,6 +135,21 @@ def test_missing_folder_and_files(saved, tmp_path):
         load_pipeline(broken)
 
 
+def test_a_mistyped_relative_folder_is_named_as_one(saved, tmp_path, monkeypatch):
+    """runs/sprits looks like a Hub id (user/name); when runs/ is a folder here, the error says it is not a local
+    folder either and lists what runs/ holds, rather than only that the Hub cannot be reached."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(saved, tmp_path / "runs" / "sprites")
+    with pytest.raises(ModelLoadError, match="It is not a local folder either: runs/ holds sprites"):
+        load_pipeline("runs/sprits")
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline("someone/sprites")  # no folder someone/ here: a Hub id, no hint
+    assert "local folder" not in str(err.value)
+
+
 def test_incompatible_config_is_named(saved, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(saved, bad)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -220,6 +221,7 @@ def test_accelerate_launch_trains_pushes_and_the_app_loader_pulls_it_back(sprite
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert HUB_TOKEN not in log and not files_mention(out, HUB_TOKEN)
+    assert re.search(r"saved checkpoint-2: \d+ MB on disk; keeping every one \(--checkpoints_total_limit\)", log)
 
     # The pipeline in the diffusers layout, holding the EMA weights (not the raw ones).
     assert all((out / name).is_file() for name in PIPELINE_FILES)

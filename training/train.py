@@ -289,7 +289,10 @@ def train(args: argparse.Namespace) -> int:
                     plots.write_loss_history(history_csv, history)
                 saved = checkpointing.save_checkpoint(accelerator, output_dir, global_step,
                                                       args.checkpoints_total_limit)
-                logger.info(f"saved {saved.name}", main_process_only=True)
+                size = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file()) / 1e6
+                kept = args.checkpoints_total_limit or "every one"  # a checkpoint holds weights, EMA and Adam
+                logger.info(f"saved {saved.name}: {size:.0f} MB on disk; keeping {kept} (--checkpoints_total_limit)",
+                            main_process_only=True)
             if accelerator.is_main_process and global_step < max_steps and (
                     (args.save_images_steps and global_step % args.save_images_steps == 0)
                     or (args.push_at_checkpoints and args.checkpointing_steps
