@@ -35,9 +35,11 @@ from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as
     SpriteApp,
     _format_weights,
     _one_hot,
+    _sliders_from_text,
     invalid_input,
     sampler_hint,
 )
+from ui.redraw import build_redraw_tab  # noqa: E402
 
 try:  # ZeroGPU hardware on Spaces; elsewhere the decorator changes nothing
     import spaces
@@ -55,6 +57,7 @@ CSS = """
 .pixelated img, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
 #model-note p { margin: 0; }
 .fill .image-frame, .fill img { width: 100%; height: auto; object-fit: contain; }
+.label-room .image-container { padding-top: var(--size-8); }
 """
 
 
@@ -90,7 +93,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                                 info="DDPM only; off shows the collapse")
                         noise_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Noise scale")
                     guidance = gr.Slider(0, 5, value=DEFAULT_GUIDANCE, step=0.1, label="Guidance scale",
-                                         info="1 is off; above 1 pushes away from the unconditional sprite")
+                                         info="1 is off; above 1 pushes away from the unconditional sprite; "
+                                              "0 ignores the context")
                     num_images = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Number of sprites")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -151,6 +155,9 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                        height="auto", allow_preview=False, format="png", elem_classes="pixelated")
             schedule = gr.Plot(events.schedule_plot(250), label="The noise schedule", elem_id="schedule-plot")
 
+        with gr.Tab("Redraw"):
+            build_redraw_tab(events, pipe, gpu)
+
         with gr.Tab("About"):
             gr.Markdown(ABOUT, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                  {"left": "$", "right": "$", "display": False}])
@@ -196,7 +203,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         for slider in sliders:
             slider.input(lambda *w: (_format_weights(w), MIXED), sliders, [weights, context],
                          api_visibility="private", queue=False, show_progress="hidden")
-        weights.input(lambda: MIXED, None, context, api_visibility="private", queue=False, show_progress="hidden")
+        weights.input(lambda text: _sliders_from_text(text, names), weights, [*sliders, context],
+                      api_visibility="private", queue=False, show_progress="hidden")
         context.input(lambda c: _one_hot(c, names), context, [*sliders, weights, mixer], api_visibility="private",
                       queue=False, show_progress="hidden")
     return demo
@@ -217,8 +225,10 @@ def load_model() -> tuple[SpritePipeline, str]:
     try:
         pipe = load_pipeline(model_id, revision, device=device)
     except ModelLoadError as err:
+        print(f"Could not load MODEL_ID: {err}\nRunning the bundled model instead.", flush=True)
         pipe = load_pipeline(device=device)
         return pipe, f"⚠️ **Could not load MODEL_ID:** {err}. Running the bundled model instead."
+    print(f"Loaded MODEL_ID {model_id}" + (f" at revision {revision}" if revision else ""), flush=True)
     return pipe, f"**Model:** `{model_id}`" + (f" at revision `{revision}`" if revision else "") + "."
 
 

@@ -153,6 +153,11 @@ def test_mixing_panel_shows_the_context_vector():
     *weights, text, _ = app._one_hot("food", NAMES)
     assert weights == [0, 0, 1, 0, 0] and text == "0, 0, 1, 0, 0"
     assert app._one_hot("mixed", NAMES)[-1].open is True
+    *weights, text, _ = app._one_hot("unconditional", NAMES)  # "none" shows the zeros the U-Net receives
+    assert weights == [0, 0, 0, 0, 0] and text == "0, 0, 0, 0, 0"
+    *sliders, picked = app._sliders_from_text("1, 0, 0.6, 0, 5", NAMES)  # typing moves the sliders
+    assert sliders == [1, 0, 0.6, 0, 2] and picked == "mixed"
+    assert app._sliders_from_text("1, 0", NAMES)[:5] == [gr.skip()] * 5
 
 
 @pytest.mark.parametrize("name, value, words", BAD_INPUTS)
@@ -273,7 +278,7 @@ def test_dataset_examples_feed_the_forward_tab(sprites):
     assert np.array_equal(np.asarray(picked)[::16, ::16], sprites.examples[3])
 
 
-def test_model_source_falls_back_to_the_bundled_model_and_says_so(tiny_dir, tmp_path, monkeypatch):
+def test_model_source_falls_back_to_the_bundled_model_and_says_so(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(model.loading, "DEFAULT_MODEL_DIR", tiny_dir)
     monkeypatch.delenv("MODEL_ID", raising=False)
     assert app.load_model()[1] == "**Model:** the bundled default."
@@ -290,6 +295,7 @@ def test_model_source_falls_back_to_the_bundled_model_and_says_so(tiny_dir, tmp_
         pipe, note = app.load_model()
         assert note.startswith("⚠️ **Could not load MODEL_ID:**") and "bundled model instead" in note
         assert pipe.context_names == NAMES
+        assert "Running the bundled model instead" in capsys.readouterr().out  # the terminal says so too
     demo = app.build_demo(pipe, note, tmp_path / "files")
     shown = [c["props"].get("value") for c in demo.config["components"] if c["type"] == "markdown"]
     assert any("Could not load MODEL_ID" in str(v) for v in shown)
@@ -335,7 +341,7 @@ def call(client, **changes):
 @pytest.mark.slow
 def test_api_lists_named_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(api) == {"/generate", "/compare", "/compare_samplers", "/forward"}
+    assert set(api) == {"/generate", "/compare", "/compare_samplers", "/forward", "/redraw", "/inpaint"}
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(FAST)
 
 

@@ -1,5 +1,6 @@
 """A real browser uses the page: pick a context, generate, switch noise re-adding off, compare, compare
-samplers, move the forward tab's timestep (the schedule plot's marker follows).
+samplers, move the forward tab's timestep (the schedule plot's marker follows), redraw a dataset sprite and
+repaint a brushed stroke of it.
 
 Runs Debian's chromium through PyPI's playwright (never `playwright install`, which downloads
 a browser). Takes the docs' screenshots (into a temporary folder; with SAVE_SCREENSHOTS=1 into
@@ -73,6 +74,14 @@ def wait_for_new_final(page, old: str | None) -> None:
     }""", arg=old, timeout=TIMEOUT_MS)
 
 
+def wait_for_image(page, selector: str) -> None:
+    """Until the element's picture has arrived and loaded (it has none before the first run)."""
+    page.wait_for_function("""selector => {
+        const img = document.querySelector(selector + ' img');
+        return img && img.complete && img.naturalWidth > 0;
+    }""", arg=selector, timeout=TIMEOUT_MS)
+
+
 def test_page_generates_sprites_without_outside_requests(sync_playwright, url, tmp_path):
     # a test run leaves the tracked screenshots alone (their timings text differs every run)
     screenshots = README_SCREENSHOTS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
@@ -112,7 +121,7 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             comparison.get_by_text("Euler ancestral:").wait_for(timeout=TIMEOUT_MS)
             captions = comparison.inner_text()
             for label in ("DDIM", "DPM-Solver++ 2M", "UniPC", "Euler ancestral"):  # each with its time
-                assert re.search(re.escape(label) + r": 10 steps, [0-9.]+ s", captions), captions
+                assert re.search(re.escape(label) + rf": {app.DEFAULT_STEPS} steps, [0-9.]+ s", captions), captions
             page.screenshot(path=screenshots / "compare-samplers.png", full_page=True)
 
             page.get_by_role("tab", name="Forward process").click()
@@ -130,6 +139,30 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             page.wait_for_timeout(500)
             page.screenshot(path=screenshots / "forward.png", full_page=True)
 
+            page.get_by_role("tab", name="Redraw").click()
+            page.locator("#redraw-examples img").first.click()  # the first dataset sprite
+            box = page.get_by_label("number input for Strength")
+            box.fill("0.6")
+            box.press("Enter")
+            page.get_by_text("round(0.6 × 500) = 300").wait_for(timeout=TIMEOUT_MS)  # the starting point follows
+            page.get_by_role("button", name="Redraw", exact=True).click()
+            wait_for_image(page, "#redraw-grid")
+            assert "variations at strength 0.6" in page.locator("body").inner_text()
+            page.screenshot(path=screenshots / "redraw.png", full_page=True)
+
+            editor = page.locator("#repaint-mask")
+            editor.get_by_role("button", name="Brush").first.click()
+            canvas = editor.locator("canvas").first.bounding_box()
+            x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] * 0.3
+            page.mouse.move(x - 40, y)  # a short stroke across the upper part of the sprite
+            page.mouse.down()
+            page.mouse.move(x + 40, y, steps=8)
+            page.mouse.up()
+            page.get_by_role("button", name="Repaint the masked pixels").click()
+            wait_for_image(page, "#repaint-grid")
+            assert re.search(r"8 repaints of \d+ pixels", page.locator("body").inner_text())
+            page.screenshot(path=screenshots / "repaint.png", full_page=True)
+
             page.get_by_role("tab", name="About").click()
             page.get_by_text("What the \"re-add noise\" toggle shows").wait_for()
             page.screenshot(path=screenshots / "about.png", full_page=True)
@@ -139,5 +172,5 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
     outside = sorted({u for u in requested if urlparse(u).scheme not in ("data", "blob")
                       and urlparse(u).hostname not in LOCAL_HOSTS})
     assert requested and not outside, f"the page requested outside hosts: {outside}"
-    for name in ("generate", "noise-off", "compare", "compare-samplers", "forward", "about"):
+    for name in ("generate", "noise-off", "compare", "compare-samplers", "forward", "redraw", "repaint", "about"):
         assert (screenshots / f"{name}.png").stat().st_size > 10_000

@@ -30,9 +30,10 @@ SAMPLER_LABELS = [s.label for s in SAMPLERS.values()]  # what the page and the A
 MAX_SEED = 2**31 - 1
 MAX_WEIGHT = 10.0  # per context; the sliders stop at 2
 MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
-# Chosen by the quality study (docs/study.md): with the bundled model, DDIM 10 and guidance 2 keep the context
-# accuracy of 25-50 steps and draw 16 sprites in about 1.4 s on a 2-core CPU (compiled); DDPM 500 takes ~90 s.
-DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DDIM", 10, 2.0
+# Chosen by steps versus quality (docs/samplers.md): with the bundled model and guidance 2, UniPC at 5 steps is the
+# fastest run that meets the quality bar besides its pixel statistics (which no run meets), at 24 and at 200 sprites
+# per context: 16 sprites in about 1 s on a 2-core CPU (compiled). DDPM 500 takes about 90 s.
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "UniPC", 5, 2.0
 COMPARED_SAMPLERS = ["DDIM", "DPM-Solver++ 2M", "UniPC", "Euler ancestral"]  # the comparison's first pick
 LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
 # Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
@@ -281,11 +282,22 @@ def _example_sprites(resolution: int, per_context: int = 5) -> tuple[np.ndarray 
 
 
 def _one_hot(context: str, names: list[str]) -> list:
-    """Picking one context shows its one-hot vector in the mixing panel; picking "mix" opens the panel."""
-    if context not in names:
+    """Picking one context shows its one-hot vector in the mixing panel (all zeros for "none": the U-Net then
+    gets no context); picking "mix" opens the panel and keeps the weights."""
+    if context == MIXED or context not in [*names, UNCONDITIONAL]:
         return [gr.skip()] * (len(names) + 1) + [gr.Accordion(open=True) if context == MIXED else gr.skip()]
     weights = [1.0 if n == context else 0.0 for n in names]
     return [*weights, _format_weights(weights), gr.skip()]
+
+
+def _sliders_from_text(text: str, names: list[str]) -> list:
+    """A typed context vector moves the sliders (within their 0-2 range); one that does not parse moves nothing,
+    and Generate then says what is wrong with it."""
+    try:
+        weights = weight_vector("weights", text, names, MAX_WEIGHT)
+    except InputError:
+        return [gr.skip()] * len(names) + [MIXED]
+    return [min(w, 2.0) for w in weights] + [MIXED]
 
 
 def _format_weights(weights) -> str:
