@@ -58,6 +58,12 @@ CSS = """
 #model-note p { margin: 0; }
 .fill .image-frame, .fill img { width: 100%; height: auto; object-fit: contain; }
 .label-room .image-container { padding-top: var(--size-8); }
+#controls { position: sticky; top: 0; align-self: flex-start; overflow-y: auto; flex-wrap: nowrap;
+            max-height: calc(100vh - 200px); }  /* 200 px: the title, the model line and the tabs above */
+#controls > * { flex-shrink: 0; }
+#dataset-gallery .grid-wrap, #sampler-comparison .grid-wrap { max-height: none; height: auto; overflow: visible; }
+#run-buttons { position: sticky; bottom: 0; z-index: 10; background: var(--body-background-fill);
+               padding: var(--size-2) 0; }
 """
 
 
@@ -75,7 +81,9 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
 
         with gr.Tab("Generate"):
             with gr.Row():
-                with gr.Column(scale=1, min_width=320):
+                # The controls stay in view (sticky, scrolling on their own) with the buttons pinned at their foot,
+                # so a 1280x800 screen shows Generate and the live grids at once.
+                with gr.Column(scale=1, min_width=320, elem_id="controls"):
                     special = [("mix (weights below)", MIXED), ("none (unconditional)", UNCONDITIONAL)]
                     context = gr.Radio([*names, *special], value=names[0], label="Context",
                                        info="What kind of sprite to draw")
@@ -99,35 +107,37 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
                         randomize = gr.Checkbox(True, label="Randomise seed")
-                    generate_button = gr.Button("Generate", variant="primary", size="lg")
-                    compare_button = gr.Button("Compare: noise re-adding on vs off")
                     with gr.Accordion("Compare samplers", open=False):
                         compared = gr.CheckboxGroup(SAMPLER_LABELS, value=COMPARED_SAMPLERS, label="Samplers",
                                                     info="Same seed and starting noise, the steps above")
                         samplers_button = gr.Button("Compare samplers")
+                    with gr.Column(elem_id="run-buttons"):
+                        generate_button = gr.Button("Generate", variant="primary", size="lg")
+                        compare_button = gr.Button("Compare: noise re-adding on vs off")
                 with gr.Column(scale=2):
                     with gr.Row():
                         current = gr.Image(label="Current samples xₜ", format="png", elem_id="live-samples",
-                                           elem_classes=["pixelated", "fill"])
+                                           elem_classes=["pixelated", "fill", "label-room"], buttons=[])
                         predicted = gr.Image(label="Predicted clean sprites x̂₀", format="png",
-                                             elem_classes=["pixelated", "fill"])
+                                             elem_classes=["pixelated", "fill", "label-room"], buttons=[])
                     stats = gr.Markdown("Press **Generate** to start from pure noise.")
+                    with gr.Group(visible=False) as compare_group:  # where the eye is, above the final sprites
+                        with gr.Row():
+                            with_noise = gr.Image(label="With noise re-adding", format="png",
+                                                  elem_classes=["pixelated", "label-room"])
+                            without_noise = gr.Image(label="Without noise re-adding (z = 0)", format="png",
+                                                     elem_classes=["pixelated", "label-room"])
+                        compare_note = gr.Markdown(padding=True)
                     sampler_grids = gr.Gallery(label="Samplers side by side (one seed, the same starting noise)",
                                                columns=4, height="auto", allow_preview=False, format="png",
                                                elem_classes="pixelated", visible=False, elem_id="sampler-comparison")
                     with gr.Row():
-                        final = gr.Image(label="Final sprites", format="png", elem_classes="pixelated",
+                        final = gr.Image(label="Final sprites", format="png", elem_classes=["pixelated", "label-room"],
                                          elem_id="final-grid", buttons=["download", "fullscreen"], scale=3)
                         with gr.Column(scale=2, min_width=200):
                             gif = gr.Image(label="Denoising trajectory (GIF)", type="filepath",
                                            elem_classes=["pixelated", "fill"])
                             sheet = gr.File(label="Sprite sheet (PNG, native size)")
-            with gr.Group(visible=False) as compare_group:
-                with gr.Row():
-                    with_noise = gr.Image(label="With noise re-adding", format="png", elem_classes="pixelated")
-                    without_noise = gr.Image(label="Without noise re-adding (z = 0)", format="png",
-                                             elem_classes="pixelated")
-                compare_note = gr.Markdown(padding=True)
 
         with gr.Tab("Forward process"):
             gr.Markdown("Training shows the network sprites with noise added. Pick a sprite and move *t*: "
@@ -143,6 +153,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                         example_gallery = gr.Gallery(
                             [(upscale(s, 4), c) for s, c in zip(events.examples, events.example_captions, strict=True)],
                             label="Dataset sprites (click one)", columns=5, height="auto", allow_preview=False,
+                            elem_id="dataset-gallery",
                             format="png", elem_classes="pixelated")
                     else:
                         gr.Markdown("The bundled dataset is not available here: upload a sprite instead.")
@@ -163,6 +174,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                                  {"left": "$", "right": "$", "display": False}])
             if STEPS_QUALITY_PLOT.is_file():
                 gr.Image(str(STEPS_QUALITY_PLOT), label="Steps versus quality, every sampler (bundled model)",
+                         elem_classes=["label-room"],
                          buttons=["fullscreen"])
 
         # ---- events -------------------------------------------------------------------------

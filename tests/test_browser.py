@@ -13,8 +13,10 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import app
 from model import DEFAULT_MODEL_DIR, SpritePipeline, build_unet, load_pipeline, make_scheduler
@@ -140,7 +142,13 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             page.screenshot(path=screenshots / "forward.png", full_page=True)
 
             page.get_by_role("tab", name="Redraw").click()
-            page.locator("#redraw-examples img").first.click()  # the first dataset sprite
+            upload = tmp_path / "my-sprite.png"  # a sprite of one's own, uploaded, at 4x its size
+            sprite = np.zeros((16, 16, 3), np.uint8) + 255
+            sprite[3:13, 5:11] = (200, 40, 40)  # a red figure with a dark head on white
+            sprite[1:4, 6:10] = (40, 30, 30)
+            Image.fromarray(sprite).resize((64, 64), Image.NEAREST).save(upload)
+            page.locator("#redraw-sprite input[type=file]").set_input_files(str(upload))
+            wait_for_image(page, "#redraw-start")  # the forward-noised starting point of the upload
             box = page.get_by_label("number input for Strength")
             box.fill("0.6")
             box.press("Enter")
