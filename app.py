@@ -118,7 +118,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     with gr.Row():
                         current = gr.Image(label="Current samples xₜ", format="png", elem_id="live-samples",
                                            elem_classes=["pixelated", "fill", "label-room"], buttons=[])
-                        predicted = gr.Image(label="Predicted clean sprites x̂₀", format="png",
+                        predicted = gr.Image(label="Predicted clean sprites x̂₀", format="png", elem_id="live-predicted",
                                              elem_classes=["pixelated", "fill", "label-room"], buttons=[])
                     stats = gr.Markdown("Press **Generate** to start from pure noise.")
                     with gr.Group(visible=False) as compare_group:  # where the eye is, above the final sprites
@@ -148,7 +148,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     # height/width: the box keeps its size whatever the upload's (a 1x1 or 64x64 picture too)
                     sprite = gr.Image(first, label="Sprite x₀ (pick below or upload)", type="numpy",
                                       image_mode="RGBA", sources=["upload"], format="png", height=280, width=280,
-                                      elem_classes=["pixelated", "fill"])
+                                      elem_classes=["pixelated", "fill"], elem_id="forward-sprite")
                     if events.examples is not None:
                         example_gallery = gr.Gallery(
                             [(upscale(s, 4), c) for s, c in zip(events.examples, events.example_captions, strict=True)],

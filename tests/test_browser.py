@@ -50,8 +50,9 @@ def sync_playwright():
 
 
 @pytest.fixture(scope="module")
-def url(sync_playwright, tmp_path_factory):
-    """The app on the bundled model when it exists (real sprites for the screenshots), else a tiny one."""
+def served(sync_playwright, tmp_path_factory):
+    """(address, pipeline) of the app on the bundled model when it exists (real sprites for the screenshots),
+    else on a tiny one."""
     if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
         pipe, note = load_pipeline(DEFAULT_MODEL_DIR), "**Model:** the bundled default."
     else:
@@ -60,8 +61,13 @@ def url(sync_playwright, tmp_path_factory):
         pipe, note = SpritePipeline(build_unet(len(names), "tiny"), make_scheduler(), names), "**Model:** tiny test."
     demo = app.build_demo(pipe, note, tmp_path_factory.mktemp("files"))
     _, local_url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
-    yield local_url
+    yield local_url, pipe
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def url(served):
+    return served[0]
 
 
 def final_src(page) -> str | None:
@@ -182,3 +188,49 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
     assert requested and not outside, f"the page requested outside hosts: {outside}"
     for name in ("generate", "noise-off", "compare", "compare-samplers", "forward", "redraw", "repaint", "about"):
         assert (screenshots / f"{name}.png").stat().st_size > 10_000
+
+
+def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd):
+    """A visitor on a laptop screen right after a start: the warm-up line shows while the U-Net "compiles" (the
+    flag the background compile sets; tests/test_fast.py covers the compile itself), a request made meanwhile
+    runs, Generate and both live grids are in view while it does, and hostile uploads get one plain message."""
+    url, pipe = served
+    screenshots = README_SCREENSHOTS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    huge = tmp_path / "huge.png"
+    Image.new("P", (3000, 3000)).save(huge, optimize=True)  # 33 KB of file, 9 megapixels of picture
+    fake = tmp_path / "notes.png"
+    fake.write_text("a text file with a picture's name")
+    capfd.readouterr()
+    pipe.compiling = True
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(url)
+                page.locator("#warm-up").get_by_text("Warming up").wait_for(timeout=TIMEOUT_MS)
+                page.get_by_role("button", name="Generate", exact=True).click()
+                wait_for_image(page, "#live-samples")  # sampling has started, and runs during the warm-up
+                for selector in ("#run-buttons button >> nth=0", "#live-samples img", "#live-predicted img"):
+                    box = page.locator(selector).bounding_box()
+                    assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800, (selector, box)
+                    assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, (selector, box)
+                page.screenshot(path=screenshots / "laptop-warm-up.png")
+                pipe.compiling = False
+                page.locator("#warm-up").get_by_text("Warming up").wait_for(state="hidden", timeout=TIMEOUT_MS)
+
+                page.get_by_role("tab", name="Forward process").click()
+                upload = page.locator("#forward-sprite input[type=file]")
+                for path, message, name in ((fake, "not an image", "upload-not-an-image"),
+                                            (huge, "image too large", "upload-too-large")):
+                    page.locator("#forward-sprite").get_by_role("button", name=re.compile("clear|remove", re.I)).click()
+                    upload.set_input_files(str(path))
+                    page.get_by_text(message).first.wait_for(timeout=TIMEOUT_MS)
+                    page.screenshot(path=screenshots / f"{name}.png")
+                    assert str(tmp_path) not in page.locator("body").inner_text()
+            finally:
+                browser.close()
+    finally:
+        pipe.compiling = False
+    assert "Traceback" not in capfd.readouterr().err  # a visitor's bad upload is not a server fault

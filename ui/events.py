@@ -69,9 +69,9 @@ def read_upload(value: object) -> np.ndarray | Image.Image | None:
         return value
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, str | Path):
-        raise invalid_input("the sprite must be an image file (PNG, GIF, JPEG, WebP or BMP)")
-    too_large = f"image too large: at most {MAX_UPLOAD_SIDE} x {MAX_UPLOAD_SIDE} pixels"
-    not_an_image = "not an image: the file could not be read as PNG, GIF, JPEG, WebP or BMP"
+        raise invalid_input("sprite must be an image file (PNG, GIF, JPEG, WebP or BMP)")
+    too_large = f"sprite: image too large: at most {MAX_UPLOAD_SIDE} x {MAX_UPLOAD_SIDE} pixels"
+    not_an_image = "sprite: not an image: the file could not be read as PNG, GIF, JPEG, WebP or BMP"
     try:
         picture = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
     except Image.DecompressionBombError as err:  # PIL's own limit (app.py sets it) is met before ours
@@ -246,7 +246,7 @@ class SpriteApp:
         elif isinstance(image, np.ndarray) and image.ndim in (2, 3) and image.size:
             picture = Image.fromarray(image.astype(np.uint8))
         else:
-            raise invalid_input("the sprite must be an image")
+            raise invalid_input("sprite must be an image")
         if fit_pixel_art is not None:
             return fit_pixel_art(picture, size)
         return np.asarray(picture.convert("RGB").resize((size, size), Image.BOX))
@@ -254,7 +254,7 @@ class SpriteApp:
     def warm_up_note(self):
         """While the U-Net compiles after a start: a line saying so, and the timer keeps polling; then neither."""
         if getattr(self.pipe, "compiling", False):
-            return (gr.Markdown("⏳ **Warming up**: compiling the U-Net for 16 sprites (a minute or two after a "
+            return (gr.Markdown("**Warming up**: compiling the U-Net for 16 sprites (a minute or two after a "
                                 "start). Requests run meanwhile, uncompiled and about 1.7x slower.", visible=True),
                     gr.skip())
         return gr.Markdown(visible=False), gr.Timer(active=False)
