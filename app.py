@@ -106,7 +106,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     num_images = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Number of sprites")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                        randomize = gr.Checkbox(True, label="Randomise seed")
+                        # False is the API's default (predict(seed=42) means seed 42); the page ticks it on load
+                        randomize = gr.Checkbox(False, label="Randomise seed")
                     with gr.Accordion("Compare samplers", open=False):
                         compared = gr.CheckboxGroup(SAMPLER_LABELS, value=COMPARED_SAMPLERS, label="Samplers",
                                                     info="Same seed and starting noise, the steps above")
@@ -120,14 +121,14 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                            elem_classes=["pixelated", "fill", "label-room"], buttons=[])
                         predicted = gr.Image(label="Predicted clean sprites x̂₀", format="png", elem_id="live-predicted",
                                              elem_classes=["pixelated", "fill", "label-room"], buttons=[])
-                    stats = gr.Markdown("Press **Generate** to start from pure noise.")
+                    stats = gr.Markdown("Press **Generate** to start from pure noise.", label="Run details")
                     with gr.Group(visible=False) as compare_group:  # where the eye is, above the final sprites
                         with gr.Row():
                             with_noise = gr.Image(label="With noise re-adding", format="png",
                                                   elem_classes=["pixelated", "label-room"])
                             without_noise = gr.Image(label="Without noise re-adding (z = 0)", format="png",
                                                      elem_classes=["pixelated", "label-room"])
-                        compare_note = gr.Markdown(padding=True)
+                        compare_note = gr.Markdown(padding=True, label="Comparison note")
                     sampler_grids = gr.Gallery(label="Samplers side by side (one seed, the same starting noise)",
                                                columns=4, height="auto", allow_preview=False, format="png",
                                                elem_classes="pixelated", visible=False, elem_id="sampler-comparison")
@@ -161,13 +162,13 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     t_slider = gr.Slider(0, pipe.num_train_steps, value=250, step=1, label="Timestep t")
                     start = events.forward(np.asarray(first), 250) if first is not None else (None, [], "")
                     noisy = gr.Image(start[0], label="Noisy sprite xₜ", format="png", elem_classes="pixelated")
-                    formula = gr.Markdown(start[2])
+                    formula = gr.Markdown(start[2], label="Formula")
                     strip = gr.Gallery(start[1], label="The same sprite at t = 0, 100, 250, 500", columns=4,
                                        height="auto", allow_preview=False, format="png", elem_classes="pixelated")
             schedule = gr.Plot(events.schedule_plot(250), label="The noise schedule", elem_id="schedule-plot")
 
         with gr.Tab("Redraw"):
-            build_redraw_tab(events, pipe, gpu)
+            redraw_tab = build_redraw_tab(events, pipe, gpu)
 
         with gr.Tab("About"):
             gr.Markdown(ABOUT, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
@@ -208,6 +209,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         if events.examples is not None:
             example_gallery.select(events.pick_example, None, sprite, api_visibility="private", queue=False)
 
+        demo.load(lambda: (True, True), None, [randomize, redraw_tab.randomize], api_visibility="private",
+                  queue=False, show_progress="hidden")  # a visitor gets new sprites at each click
         warm_up_timer.tick(events.warm_up_note, None, [warm_up, warm_up_timer], api_visibility="private",
                            queue=False, show_progress="hidden")
 

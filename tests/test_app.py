@@ -343,6 +343,11 @@ def test_api_lists_named_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     assert set(api) == {"/generate", "/compare", "/compare_samplers", "/forward", "/redraw", "/inpaint"}
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(FAST)
+    for name in ("/generate", "/compare", "/compare_samplers", "/redraw", "/inpaint"):
+        defaults = {p["parameter_name"]: p.get("parameter_default") for p in api[name]["parameters"]}
+        assert defaults["randomize_seed"] is False, name  # predict(seed=42) means seed 42
+    unnamed = [(name, r["label"]) for name, e in api.items() for r in e["returns"] if r["label"].startswith("value_")]
+    assert not unnamed  # every output has a name in view_api
 
 
 @pytest.mark.slow

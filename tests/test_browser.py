@@ -194,6 +194,8 @@ def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd)
     """A visitor on a laptop screen right after a start: the warm-up line shows while the U-Net "compiles" (the
     flag the background compile sets; tests/test_fast.py covers the compile itself), a request made meanwhile
     runs, Generate and both live grids are in view while it does, and hostile uploads get one plain message."""
+    from playwright.sync_api import expect  # present: the sync_playwright fixture skips (or fails) otherwise
+
     url, pipe = served
     screenshots = README_SCREENSHOTS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
     screenshots.mkdir(parents=True, exist_ok=True)
@@ -210,6 +212,8 @@ def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd)
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.goto(url)
                 page.locator("#warm-up").get_by_text("Warming up").wait_for(timeout=TIMEOUT_MS)
+                # the page ticks "Randomise seed" on load (the API's default stays False)
+                expect(page.get_by_label("Randomise seed").first).to_be_checked(timeout=TIMEOUT_MS)
                 page.get_by_role("button", name="Generate", exact=True).click()
                 wait_for_image(page, "#live-samples")  # sampling has started, and runs during the warm-up
                 for selector in ("#run-buttons button >> nth=0", "#live-samples img", "#live-predicted img"):

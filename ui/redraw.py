@@ -47,6 +47,7 @@ class RedrawEvents:
     def __init__(self, app: SpriteApp):
         self.app = app
         self.pipe = app.pipe
+        self.randomize: gr.Checkbox | None = None  # the tab's "Randomise seed", ticked by the page on load
 
     # ---- the page's helpers -----------------------------------------------------------------
     def sprite_of(self, sprite: object) -> np.ndarray:
@@ -296,7 +297,8 @@ def build_redraw_tab(events: SpriteApp, pipe, gpu: Callable = lambda fn: fn) -> 
             num_images = gr.Slider(1, MAX_VARIATIONS, value=VARIATIONS, step=1, label="Number of variations")
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                randomize = gr.Checkbox(True, label="Randomise seed")
+                # False for the API (predict(seed=42) means seed 42); app.py ticks it when the page loads
+                randomize = gr.Checkbox(False, label="Randomise seed")
         with gr.Column(min_width=320):
             gr.Markdown("### Redraw (SDEdit)")
             strength = gr.Slider(0, 1, value=STRENGTH, step=0.01, label="Strength",
@@ -318,7 +320,7 @@ def build_redraw_tab(events: SpriteApp, pipe, gpu: Callable = lambda fn: fn) -> 
                                    "with the kept ones (DDPM and DDIM only)")
             repaint_button = gr.Button("Repaint the masked pixels", variant="primary", size="lg")
         with gr.Column(min_width=320):
-            stats = gr.Markdown("Press **Redraw** or **Repaint the masked pixels**.")
+            stats = gr.Markdown("Press **Redraw** or **Repaint the masked pixels**.", label="Run details")
             with gr.Row():
                 current = gr.Image(label="Samples xₜ", format="png", elem_classes=[*shown, "fill"],
                                    min_width=120, buttons=["fullscreen"])
@@ -346,4 +348,5 @@ def build_redraw_tab(events: SpriteApp, pipe, gpu: Callable = lambda fn: fn) -> 
     sampler.change(sampler_hint, sampler, hint, api_visibility="private", queue=False, show_progress="hidden")
     if events.examples is not None:
         gallery.select(events.pick_example, None, sprite, api_visibility="private", queue=False)
+    tab.randomize = randomize
     return tab
