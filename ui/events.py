@@ -15,15 +15,15 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from model import MAX_IMAGES, SAMPLERS, SpritePipeline, to_uint8, upscale
+from model import MAX_IMAGES, SAMPLERS, SpritePipeline, fit_sprite, to_uint8, upscale
 from model.gallery import display_grid, noisy_copies, save_gif, save_sheet
 from model.inputs import InputError, choice, flag, real_number, weight_vector, whole_number
 from ui.figures import schedule_figure
 
 try:  # the bundled sprites for the forward-process tab; without them, uploads still work
-    from training.sprite_data import default_sprites, fit_pixel_art
+    from training.sprite_data import default_sprites
 except ImportError:
-    default_sprites = fit_pixel_art = None
+    default_sprites = None
 
 MIXED, UNCONDITIONAL = "mixed", "unconditional"
 SAMPLER_LABELS = [s.label for s in SAMPLERS.values()]  # what the page and the API take ("DDIM"); names work too
@@ -247,9 +247,7 @@ class SpriteApp:
             picture = Image.fromarray(image.astype(np.uint8))
         else:
             raise invalid_input("sprite must be an image")
-        if fit_pixel_art is not None:
-            return fit_pixel_art(picture, size)
-        return np.asarray(picture.convert("RGB").resize((size, size), Image.BOX))
+        return fit_sprite(picture, size)  # the pipeline's fitting, shared with redraw and inpaint
 
     def warm_up_note(self):
         """While the U-Net compiles after a start: a line saying so, and the timer keeps polling; then neither."""
