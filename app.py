@@ -65,6 +65,17 @@ CSS = """
 #run-buttons { position: sticky; bottom: 0; z-index: 10; background: var(--body-background-fill);
                padding: var(--size-2) 0; }
 """
+# Number boxes show what the server will get. One the visitor empties stays empty: gradio's slider would put its
+# minimum back on blur (a cleared Steps box ran 1 step); the request then carries no number and the server names
+# the empty box. One typed in exponent notation ("1e9") is written out, as the seed the run reports.
+HEAD = """<script>
+window.addEventListener("blur", (event) => {
+  const box = event.target;
+  if (!(box instanceof HTMLInputElement) || box.type !== "number") return;
+  if (box.value.trim() === "") event.stopImmediatePropagation();
+  else if (/e/i.test(box.value) && Number.isFinite(Number(box.value))) box.value = String(Number(box.value));
+}, true);
+</script>"""
 
 
 def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path | None = None) -> gr.Blocks:
@@ -206,6 +217,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                         concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
         sprite.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_visibility="private",
                       concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+        events.offline_api_examples(demo)
         if events.examples is not None:
             example_gallery.select(events.pick_example, None, sprite, api_visibility="private", queue=False)
 
@@ -273,7 +285,7 @@ route_utils.delete_files_created_by_app = _cleanup_on_snapshots  # where gradio'
 def launch(demo: gr.Blocks, **kwargs):
     """Start the server with a bounded queue; a full queue answers "busy" at once."""
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
-    return demo.launch(css=CSS, show_error=True, max_file_size="2mb", **kwargs)
+    return demo.launch(css=CSS, head=HEAD, show_error=True, max_file_size="2mb", **kwargs)
 
 
 def __getattr__(name: str):

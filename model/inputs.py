@@ -19,6 +19,8 @@ class InputError(ValueError):
 
 
 def _show(value: object) -> str:
+    if value is None:  # what an emptied number box on the page sends
+        return "nothing (an empty box)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -6,6 +6,7 @@ noise toggle, validation and the queue behave exactly as with the bundled model.
 
 import contextlib
 import math
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from gradio import route_utils
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
@@ -33,7 +34,10 @@ BAD_INPUTS = [
     ("num_inference_steps", 501, "num_inference_steps"),
     ("num_inference_steps", 2.5, "whole number"),
     ("num_inference_steps", "50", "num_inference_steps"),
-    ("num_inference_steps", None, "num_inference_steps"),
+    ("num_inference_steps", None, "Steps (num_inference_steps) must be a whole number from 1 to 500, got nothing (an "
+                                  "empty box)"),  # what the page sends for an emptied box (app.HEAD keeps it empty)
+    ("guidance_scale", None, "Guidance scale (guidance_scale) must be a number from 0 to 20, got nothing"),
+    ("seed", None, "Seed (seed) must be a whole number from 0 to 2147483647, got nothing"),
     ("num_inference_steps", math.nan, "num_inference_steps"),
     ("num_inference_steps", 10**30, "num_inference_steps"),
     ("num_images", 0, "num_images"),
@@ -160,9 +164,20 @@ def test_mixing_panel_shows_the_context_vector():
     assert app._sliders_from_text("1, 0", NAMES)[:5] == [gr.skip()] * 5
 
 
+def test_controls_say_what_they_do(sprites, tmp_path):
+    """Guidance's hint names what 0 does (the context is ignored), and stats count sprites in good English."""
+    demo = app.build_demo(sprites.pipe, "", tmp_path)
+    infos = [c["props"].get("info") or "" for c in demo.config["components"]
+             if c["props"].get("label") == "Guidance scale"]
+    assert len(infos) == 2 and all("0 ignores the context" in i and "1 is off" in i for i in infos)  # both tabs
+    demo.close()
+    one = list(sprites.generate(**{**FAST, "num_images": 1}))[-1][5]
+    assert "1 sprite," in one and "1 sprites" not in one
+
+
 @pytest.mark.parametrize("name, value, words", BAD_INPUTS)
 def test_generate_refuses_bad_input_with_a_clear_message(sprites, name, value, words):
-    with pytest.raises(gr.Error, match=words):
+    with pytest.raises(gr.Error, match=re.escape(words)):
         next(sprites.generate(**{**FAST, name: value}))
 
 
@@ -382,12 +397,27 @@ def test_api_bad_input_gets_an_error_and_the_server_keeps_answering(client, capf
     cases += [("weights", w, words) for w, words in BAD_WEIGHTS[:3]]
     for name, value, words in cases:
         extra = {"context": "mixed"} if name == "weights" else {}
-        with pytest.raises(Exception, match=words.replace("[", r"\[")):
+        with pytest.raises(Exception, match=re.escape(words)):
             client.predict(**{**FAST, **extra, name: value}, api_name="/generate")
     assert "Traceback" not in capfd.readouterr().err  # our checks: a user's mistake is not a server fault
     with pytest.raises(Exception, match="t must be a whole number from 0 to 500"):
         client.predict(sprite=None, t=-5, api_name="/forward")
     assert Path(client.predict(**FAST, api_name="/generate")[2]).is_file()
+
+
+@pytest.mark.slow
+def test_api_examples_are_files_on_this_machine_and_work(server, client):
+    """The API page's and view_api's example for a picture input was a picture on the web: offline, nothing."""
+    info = httpx.get(server[1] + "gradio_api/info").json()["named_endpoints"]
+    examples = {(name, p["parameter_name"]): p["example_input"] for name, endpoint in info.items()
+                for p in endpoint["parameters"] if p["component"] in ("Image", "Imageeditor")}
+    assert set(examples) >= {("/forward", "sprite"), ("/redraw", "sprite"), ("/inpaint", "sprite"),
+                             ("/inpaint", "mask")}
+    assert "http" not in str(examples)
+    picture = examples["/forward", "sprite"]["path"]
+    assert Image.open(picture).size == (64, 64)
+    noisy, strip, formula = client.predict(sprite=handle_file(picture), t=100, api_name="/forward")
+    assert Path(noisy).is_file() and "x_{100}" in formula
 
 
 @pytest.mark.slow

@@ -238,3 +238,41 @@ def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd)
     finally:
         pipe.compiling = False
     assert "Traceback" not in capfd.readouterr().err  # a visitor's bad upload is not a server fault
+
+
+def test_number_boxes_send_what_they_show(sync_playwright, url):
+    """An emptied Steps, Guidance or Seed box is an error naming the box (gradio's slider put its minimum back,
+    so a cleared Steps ran 1 step), and a seed typed as 1e9 is shown, run and reported as 1000000000."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            generate = page.get_by_role("button", name="Generate", exact=True)
+            generate.wait_for(timeout=TIMEOUT_MS)
+            page.get_by_label("Randomise seed").uncheck()
+            seed = page.get_by_label("Seed", exact=True)
+            boxes = ((page.get_by_label("number input for Steps"), "Steps (num_inference_steps)"),
+                     (page.get_by_label("number input for Guidance scale"), "Guidance scale (guidance_scale)"),
+                     (seed, "Seed (seed)"))
+            for box, words in boxes:
+                before = box.input_value()
+                box.fill("")
+                generate.click()  # the click takes the focus: the box's blur comes first
+                page.get_by_text(f"{words} must be").first.wait_for(timeout=TIMEOUT_MS)
+                assert "got nothing (an empty box)" in page.locator("body").inner_text()
+                assert box.input_value() == ""  # still empty, not the slider's minimum
+                box.fill(before)
+                box.press("Tab")
+                for close in page.get_by_label("Close").all():  # the error toasts
+                    close.click()
+            seed.fill("1e9")
+            seed.press("Tab")
+            assert seed.input_value() == "1000000000"
+            old = final_src(page)
+            generate.click()
+            wait_for_new_final(page, old)
+            assert "seed 1000000000" in page.locator("body").inner_text()
+            assert seed.input_value() == "1000000000"
+        finally:
+            browser.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from gradio_client import handle_file
 from PIL import Image
 
 from model import MAX_IMAGES, SAMPLERS, SpritePipeline, fit_sprite, to_uint8, upscale
@@ -109,16 +110,16 @@ class SpriteApp:
             elif picked == UNCONDITIONAL:
                 picked = None
             chosen_seed = (random.randint(0, MAX_SEED) if flag("randomize_seed", randomize_seed)
-                           else whole_number("seed", seed, 0, MAX_SEED))
+                           else whole_number("Seed (seed)", seed, 0, MAX_SEED))
             return dict(
                 context=picked,
-                num_inference_steps=whole_number("num_inference_steps", num_inference_steps, 1,
+                num_inference_steps=whole_number("Steps (num_inference_steps)", num_inference_steps, 1,
                                                  self.pipe.num_train_steps),
                 sampler=sampler_name("sampler", sampler),
                 add_noise=flag("add_noise", add_noise),
-                noise_scale=real_number("noise_scale", noise_scale, 0.0, MAX_SCALE),
-                guidance_scale=real_number("guidance_scale", guidance_scale, 0.0, MAX_SCALE),
-                num_images=whole_number("num_images", num_images, 1, MAX_IMAGES),
+                noise_scale=real_number("Noise scale (noise_scale)", noise_scale, 0.0, MAX_SCALE),
+                guidance_scale=real_number("Guidance scale (guidance_scale)", guidance_scale, 0.0, MAX_SCALE),
+                num_images=whole_number("Number of sprites (num_images)", num_images, 1, MAX_IMAGES),
                 seed=chosen_seed,
             )
         except InputError as err:
@@ -256,6 +257,26 @@ class SpriteApp:
                                 "start). Requests run meanwhile, uncompiled and about 1.7x slower.", visible=True),
                     gr.skip())
         return gr.Markdown(visible=False), gr.Timer(active=False)
+
+    def offline_api_examples(self, demo: gr.Blocks) -> Path:
+        """Every picture input's example in the API page and ``view_api``: a dataset sprite in a file on this
+        machine (gradio's own is a picture on the web, which an offline Space cannot fetch). Returns the file."""
+        picture = self.file_dir / "example-sprite.png"
+        size = self.pipe.unet.config.sample_size
+        sprite = self.examples[0] if self.examples is not None else np.full((size, size, 3), 255, np.uint8)
+        upscale(sprite, 4).save(picture)
+        # "url": None, because gradio copies the example's url into a file input's default value ("to pass SSRF
+        # checks"); a web address there is the one thing an offline Space cannot fetch.
+        example = {**handle_file(str(picture)), "url": None}
+        for block in demo.blocks.values():
+            if isinstance(block, gr.ImageEditor):
+                block.example_payload = lambda: {"background": example, "layers": [], "composite": None}
+            elif isinstance(block, gr.Image):
+                block.example_payload = lambda: example
+            else:
+                continue
+            block.example_value = lambda: str(picture)
+        return picture
 
     def pick_example(self, evt: gr.SelectData):
         """A click on a dataset sprite puts it (enlarged) into the sprite box."""

@@ -293,7 +293,7 @@ def build_redraw_tab(events: SpriteApp, pipe, gpu: Callable = lambda fn: fn) -> 
             hint = gr.Markdown(sampler_hint("DDIM"))
             steps = gr.Slider(1, big_t, value=STEPS, step=1, label="Steps",
                               info="Of a full run from pure noise; a redraw runs the ones at or below t₀")
-            guidance = gr.Slider(0, 5, value=GUIDANCE, step=0.1, label="Guidance scale", info="1 is off")
+            guidance = gr.Slider(0, 5, value=GUIDANCE, step=0.1, label="Guidance scale", info="1 is off; 0 ignores the context")
             num_images = gr.Slider(1, MAX_VARIATIONS, value=VARIATIONS, step=1, label="Number of variations")
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
