@@ -22,6 +22,7 @@ from gradio import route_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, upscale  # noqa: E402
+from model.batching import BUCKETS  # noqa: E402
 from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as app.X)
     COMPARED_SAMPLERS,
     DEFAULT_GUIDANCE,
@@ -31,6 +32,7 @@ from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as
     MAX_SEED,
     MIXED,
     SAMPLER_LABELS,
+    SAMPLING_IN_FLIGHT,
     UNCONDITIONAL,
     SpriteApp,
     _format_weights,
@@ -49,7 +51,7 @@ except ImportError:
     def gpu(fn):
         return fn
 
-QUEUE_SIZE = 16
+QUEUE_SIZE = 256  # requests waiting beyond those sampling; a full queue answers "busy" at once
 # gradio decodes an upload before any check of ours, and a small PNG can hold a huge blank canvas: PIL refuses
 # pictures over twice this many pixels (2048 x 2048), so one upload cannot take gigabytes of memory.
 Image.MAX_IMAGE_PIXELS = 2048 * 2048 // 2
@@ -195,19 +197,20 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                          randomize]
         generate_button.click(gpu(events.generate), sample_inputs, [current, predicted, final, gif, sheet, stats, seed],
                               api_name="generate", preprocess=False, concurrency_id="sampler",
-                              concurrency_limit=1, show_progress_on=[final])
+                              concurrency_limit=events.sampling_limit, show_progress_on=[final])
         compare_inputs = [context, weights, steps, noise_scale, guidance, num_images, seed, randomize]
         compare_button.click(lambda: gr.Group(visible=True), None, compare_group, api_visibility="private",
                              queue=False, show_progress="hidden")
         compare_button.click(gpu(events.compare), compare_inputs, [with_noise, without_noise, compare_note, seed],
-                             api_name="compare", preprocess=False, concurrency_id="sampler", concurrency_limit=1,
+                             api_name="compare", preprocess=False, concurrency_id="sampler",
+                             concurrency_limit=events.sampling_limit,
                              show_progress_on=[with_noise, without_noise])
         samplers_button.click(lambda: gr.Gallery(visible=True, value=None), None, sampler_grids,
                               api_visibility="private", queue=False, show_progress="hidden")
         samplers_button.click(gpu(events.compare_samplers), [*compare_inputs[:2], steps, guidance, num_images, seed,
                                                              randomize, compared], [sampler_grids, seed],
                               api_name="compare_samplers", preprocess=False, concurrency_id="sampler",
-                              concurrency_limit=1, show_progress_on=[sampler_grids])
+                              concurrency_limit=events.sampling_limit, show_progress_on=[sampler_grids])
         sampler.change(sampler_hint, sampler, hint, api_visibility="private", queue=False, show_progress="hidden")
         t_slider.change(events.schedule_plot, t_slider, schedule, api_visibility="private", concurrency_limit=4,
                         trigger_mode="always_last", show_progress="hidden")
@@ -282,10 +285,12 @@ def _cleanup_on_snapshots(blocks: gr.Blocks, age: int | None) -> None:
 route_utils.delete_files_created_by_app = _cleanup_on_snapshots  # where gradio's cleanup task looks it up
 
 
-def launch(demo: gr.Blocks, **kwargs):
-    """Start the server with a bounded queue; a full queue answers "busy" at once."""
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
-    return demo.launch(css=CSS, head=HEAD, show_error=True, max_file_size="2mb", **kwargs)
+def launch(demo: gr.Blocks, queue_size: int | None = None, **kwargs):
+    """Start the server with a bounded queue; a full queue answers "busy" at once. Every sampling request in
+    flight holds a worker thread while it waits for its merged U-Net call, hence the threads."""
+    demo.queue(max_size=QUEUE_SIZE if queue_size is None else queue_size, default_concurrency_limit=1)
+    return demo.launch(css=CSS, head=HEAD, show_error=True, max_file_size="2mb", max_threads=SAMPLING_IN_FLIGHT + 40,
+                       **kwargs)
 
 
 def __getattr__(name: str):
@@ -302,8 +307,9 @@ def main() -> None:
         pipe, note = load_model()
     except ModelLoadError as err:
         raise SystemExit(f"Sprite Diffusion cannot start: {err}") from None
+    pipe.enable_batching()  # requests in flight share each step's U-Net call (model/batching.py)
+    pipe.compile_in_background(batch_sizes=BUCKETS)  # serves eager until compiled (docs/performance.md)
     demo = build_demo(pipe, note)
-    pipe.compile_in_background()  # serves eager until compiled (docs/performance.md)
     launch(demo)
 
 

@@ -1,13 +1,17 @@
-"""Load test: many gradio_client users at once against the app on loopback.
+"""Load test: many gradio_client users at once against the app on loopback, with and without batching.
 
-    python benchmarks/load_test.py                          # 32 users, 600 requests, 5 minutes at most
-    python benchmarks/load_test.py --model user/repo --users 64 --requests 1000 --json load.json
+    python benchmarks/load_test.py                          # 32 users, 3 minutes, batched then one at a time
+    python benchmarks/load_test.py --no_batching            # only today's one-at-a-time path
+    python benchmarks/load_test.py --model user/repo --users 64 --seconds 300 --json load.json
 
 The app runs in a child process, so its memory can be read from /proc, with a temp folder of its own, so its
-files can be counted. Each user sends small, realistic /generate requests (16 sprites, 25 DDIM steps); a full
-queue answers "busy" at once, and that user tries again a few seconds later, as a person would. The report:
-completed, rejected and failed requests, latency, the server's memory across the run, and the temp files left once
-gradio's cleanup has run (the app keeps files for 30 minutes; here the cleanup is shortened to --cleanup_age s).
+files can be counted. Each user sends the page's default /generate request (16 sprites, the default sampler,
+steps and guidance, streamed) back to back; a request refused as busy is retried a few seconds later, as a
+person would. Each mode runs in a fresh server: "batched" merges the U-Net calls of every request in flight
+(model/batching.py), "one at a time" samples one request at a time with up to 16 waiting (the app before
+batching). The report, a column per mode: throughput (sprites x steps per second), time to the first streamed
+frame and to the final sprites (p50, p95), refusals, failures, the server's memory across the run, and the temp
+files left once gradio's cleanup has run (the app keeps files for 30 minutes; here --cleanup_age s).
 """
 
 from __future__ import annotations
@@ -32,22 +36,29 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # app.py is a script at the top, not a package: `python benchmarks/load_test.py` works
 
 import httpx  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.utils import QueueError  # noqa: E402
 
+from ui.events import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
+
 DEFAULT_MODEL = ROOT / "model" / "default"
+MODES = ("batched", "one at a time")
 
 
 @dataclass
 class Results:
+    mode: str = ""
     machine: str = ""
     model: str = ""
     users: int = 0
     request: str = ""
+    sprite_steps: int = 0  # sprites x steps of one request
     wall_s: float = 0.0
-    completed: list[float] = field(default_factory=list)  # latency of each completed request, seconds
+    completed: list[float] = field(default_factory=list)  # seconds from submit to the final sprites
+    first_frame: list[float] = field(default_factory=list)  # seconds from submit to the first streamed frame
     sampling: list[float] = field(default_factory=list)  # the server's sampling time for each, as it reports it
     rejected: list[float] = field(default_factory=list)  # time to the "busy" answer
     failed: list[str] = field(default_factory=list)
@@ -61,21 +72,25 @@ class Results:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Child process: the app as `python app.py` builds it (U-Net compiled for 16 sprites), shorter file cleanup."""
+    """Child process: the app as `python app.py` builds it, compiled before the load starts, shorter cleanup."""
     import torch
 
     import app
     from model import load_pipeline
+    from model.batching import BUCKETS
 
     if args.server_threads:
         torch.set_num_threads(args.server_threads)
     pipe = load_pipeline(args.model)
-    compiling = pipe.compile_in_background()  # as app.main does; waited for, so the load meets the steady state
+    batched = args.mode == "batched"
+    if batched:
+        pipe.enable_batching()
+    compiling = pipe.compile_in_background(batch_sizes=BUCKETS if batched else None)  # as app.main does
     if compiling is not None:
-        compiling.join()
+        compiling.join()  # waited for, so the load meets the steady state
     demo = app.build_demo(pipe, "load test")
     demo.delete_cache = (max(1, args.cleanup_age // 2), args.cleanup_age)
-    app.launch(demo, server_name="127.0.0.1", server_port=args.port, quiet=True)
+    app.launch(demo, queue_size=None if batched else 16, server_name="127.0.0.1", server_port=args.port, quiet=True)
 
 
 def random_model(folder: Path, preset: str) -> Path:
@@ -116,34 +131,36 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, load average {load} at the start"
 
 
+def default_request(args: argparse.Namespace, context: str, seed: int) -> dict:
+    return dict(context=context, weights="", num_inference_steps=args.steps, sampler=args.sampler, add_noise=True,
+                noise_scale=1.0, guidance_scale=args.guidance_scale, num_images=args.num_images, seed=seed,
+                randomize_seed=False)
+
+
 # ---- the users --------------------------------------------------------------------------------
 
 
 def run_users(url: str, args: argparse.Namespace, results: Results, server_pid: int) -> None:
     lock, done = threading.Lock(), threading.Event()
-    sent = 0
-    deadline = time.monotonic() + args.max_seconds
+    deadline = time.monotonic() + args.seconds
     start = time.monotonic()
 
     def user(index: int) -> None:
-        nonlocal sent
         rng = random.Random(index)
         client = Client(url, download_files=False, analytics_enabled=False, verbose=False)
-        while True:
-            with lock:
-                if sent >= args.requests or time.monotonic() > deadline:
-                    return
-                sent += 1
-            request = dict(context=rng.choice(["hero", "non-hero", "food", "spell", "item"]), weights="",
-                           num_inference_steps=args.steps, sampler="DDIM", add_noise=True, noise_scale=1.0,
-                           guidance_scale=1.0, num_images=args.num_images, seed=rng.randint(0, 2**31 - 1),
-                           randomize_seed=False)
+        while time.monotonic() < deadline:
+            request = default_request(args, rng.choice(["hero", "non-hero", "food", "spell", "item"]),
+                                      rng.randint(0, 2**31 - 1))
             began = time.perf_counter()
             job = client.submit(**request, api_name="/generate")
             try:
-                outputs = job.result(timeout=max(1.0, deadline - time.monotonic()) + 120)
+                first = None
+                for _ in job:  # every streamed update, as the page gets them
+                    first = first or time.perf_counter() - began
+                outputs = job.outputs()[-1] if job.outputs() else job.result()
                 with lock:
                     results.completed.append(time.perf_counter() - began)
+                    results.first_frame.append(first or results.completed[-1])
                     results.sampling.append(float(re.search(r"in ([\d.]+) s", outputs[5]).group(1)))
             except QueueError:
                 with lock:
@@ -176,10 +193,55 @@ def run_users(url: str, args: argparse.Namespace, results: Results, server_pid: 
     results.wall_s = round(time.monotonic() - start, 1)
 
 
+def run_mode(args: argparse.Namespace, mode: str, label: str, work: Path) -> Results:
+    """One fresh server in ``mode``, warmed up, then the users; then one cleanup period."""
+    results = Results(mode=mode, machine=machine(), model=label, users=args.users,
+                      request=f"/generate, {args.num_images} sprites, {args.steps} {args.sampler} steps, guidance "
+                              f"{args.guidance_scale:g}, streamed",
+                      sprite_steps=args.num_images * args.steps)
+    port, temp = free_port(), work / mode.replace(" ", "-") / "gradio"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp)}
+    command = [sys.executable, __file__, "--serve", "--mode", mode, "--model", args.model, "--port", str(port),
+               "--cleanup_age", str(args.cleanup_age), "--server_threads", str(args.server_threads)]
+    log_path = temp.parent / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")
+    server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(2400):  # the compile before the start takes minutes on 2 cores
+            if server.poll() is not None:
+                raise SystemExit(f"the app did not start:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        results.temp_files["page"] = count_files(temp)  # the page's own pictures (examples), kept by design
+        warm = Client(url, download_files=False, analytics_enabled=False, verbose=False)
+        warm.predict(**default_request(args, "hero", 0), api_name="/generate")
+        results.temp_files["start"] = count_files(temp)
+        print(f"{mode}: {args.users} users against {url} ({label}) for {args.seconds:.0f} s", file=sys.stderr)
+        run_users(url, args, results, server.pid)
+        results.temp_files["end"] = count_files(temp)
+        time.sleep(args.cleanup_age * 1.5 + 5)  # one full cleanup period after the files have aged
+        results.temp_files["cleaned"] = count_files(temp)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+    results.server_tracebacks = log_path.read_text().count("Traceback")
+    return results
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else (values or [0])[0]
 
 
@@ -189,30 +251,43 @@ def rss_when(results: Results, fraction: float) -> float:
     return next((rss for _, rss, n in results.rss_mb if n >= target), results.rss_mb[-1][1])
 
 
-def markdown(r: Results) -> str:
-    done = r.completed
-    rows = [
-        ("Machine", r.machine),
-        ("Model", r.model),
-        ("Users / requests", f"{r.users} concurrent gradio_client users; {r.request}"),
-        ("Requests sent", f"{len(done) + len(r.rejected) + len(r.failed)} in {r.wall_s:.0f} s"),
-        ("Completed", f"{len(done)} ({len(done) / r.wall_s:.2f} per second)"),
-        ("Rejected as busy (queue full)", f"{len(r.rejected)}, answered in a median "
-                                          f"{percentile(r.rejected, 50) * 1000:.0f} ms" if r.rejected else "0"),
-        ("Failed otherwise", f"{len(r.failed)}"),
-        ("Latency of completed requests (queue wait included)",
-         f"p50 {percentile(done, 50):.1f} s, p95 {percentile(done, 95):.1f} s, max {max(done, default=0):.1f} s"),
-        ("Sampling time per request (server side)",
-         f"p50 {percentile(r.sampling, 50):.2f} s, p95 {percentile(r.sampling, 95):.2f} s"),
-        ("Server RSS after warm-up, then at 25 / 50 / 75 / 100% of completions",
-         f"{r.rss_mb[0][1]:.0f}, then {' / '.join(f'{rss_when(r, q):.0f}' for q in (0.25, 0.5, 0.75, 1))} MB"
-         if r.rss_mb else "n/a"),
-        ("Server peak RSS", f"{r.peak_rss_mb:.0f} MB"),
-        ("Temp files: the page's own / after the load / after cleanup",
-         f"{r.temp_files.get('page', 0)} / {r.temp_files.get('end', 0)} / {r.temp_files.get('cleaned', 0)}"),
-        ("Tracebacks in the server log", str(r.server_tracebacks)),
-    ]
-    return "\n".join(["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]])
+def throughput(r: Results) -> float:
+    """Sprites x steps per second over the run."""
+    return len(r.completed) * r.sprite_steps / r.wall_s if r.wall_s else 0.0
+
+
+def markdown(runs: list[Results]) -> str:
+    def cells(r: Results) -> list[str]:
+        done = r.completed
+        return [
+            f"{len(done)} in {r.wall_s:.0f} s ({len(done) / r.wall_s:.2f} per second)",
+            f"{throughput(r):.0f}",
+            f"p50 {percentile(r.first_frame, 50):.2f} s, p95 {percentile(r.first_frame, 95):.2f} s",
+            f"p50 {percentile(done, 50):.1f} s, p95 {percentile(done, 95):.1f} s",
+            f"p50 {percentile(r.sampling, 50):.2f} s, p95 {percentile(r.sampling, 95):.2f} s",
+            f"{len(r.rejected)}" + (f", answered in a median {percentile(r.rejected, 50) * 1000:.0f} ms"
+                                    if r.rejected else ""),
+            str(len(r.failed)),
+            f"{r.rss_mb[0][1]:.0f}, then {' / '.join(f'{rss_when(r, q):.0f}' for q in (0.25, 0.5, 0.75, 1))} MB"
+            if r.rss_mb else "n/a",
+            f"{r.peak_rss_mb:.0f} MB",
+            f"{r.temp_files.get('page', 0)} / {r.temp_files.get('end', 0)} / {r.temp_files.get('cleaned', 0)}",
+            str(r.server_tracebacks),
+        ]
+    names = ["Completed requests", "Throughput, sprites x steps per second", "Time to the first streamed frame",
+             "Time to the final sprites", "Sampling time per request (server side)", "Refused as busy",
+             "Failed otherwise", "Server RSS after warm-up, then at 25 / 50 / 75 / 100% of completions",
+             "Server peak RSS", "Temp files: the page's own / after the load / after cleanup",
+             "Tracebacks in the server log"]
+    columns = [cells(r) for r in runs]
+    lines = [f"Machine: {runs[0].machine}. Model: {runs[0].model}. {runs[0].users} concurrent gradio_client users, "
+             f"each sending {runs[0].request} requests back to back.", "",
+             "| | " + " | ".join(r.mode for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(c[i] for c in columns) + " |" for i, name in enumerate(names)]
+    if len(runs) == 2 and throughput(runs[1]):
+        lines += ["", f"Throughput, {runs[0].mode} against {runs[1].mode}: "
+                      f"{throughput(runs[0]) / throughput(runs[1]):.2f}x"]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -221,14 +296,18 @@ def main() -> None:
                                                  "--preset model)")
     p.add_argument("--preset", default="small", help="size of the random model used when there is no model")
     p.add_argument("--users", type=int, default=32)
-    p.add_argument("--requests", type=int, default=600, help="stop sending after this many requests")
-    p.add_argument("--max_seconds", type=float, default=300, help="stop sending after this long")
+    p.add_argument("--seconds", type=float, default=180, help="each user sends requests for this long, per mode")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="run these, in this order")
+    p.add_argument("--no_batching", action="store_true", help="only the one-at-a-time path (--modes 'one at a time')")
     p.add_argument("--num_images", type=int, default=16)
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps per request")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER)
+    p.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--cleanup_age", type=int, default=20, help="server deletes its files after this many seconds")
     p.add_argument("--server_threads", type=int, default=0, help="torch threads in the server (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
+    p.add_argument("--mode", default="batched", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
@@ -241,48 +320,14 @@ def main() -> None:
         label = "the bundled model" if args.model == str(DEFAULT_MODEL) else f"random '{args.preset}' preset"
     else:
         label = args.model
-    results = Results(machine=machine(), model=label, users=args.users,
-                      request=f"each /generate with {args.num_images} sprites, {args.steps} DDIM steps, streamed")
-    port, temp = free_port(), work / "gradio"
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(temp)}
-    command = [sys.executable, __file__, "--serve", "--model", args.model, "--port", str(port),
-               "--cleanup_age", str(args.cleanup_age), "--server_threads", str(args.server_threads)]
-    log = open(work / "server.log", "w")
-    server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(600):
-            if server.poll() is not None:
-                raise SystemExit(f"the app did not start:\n{(work / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        results.temp_files["page"] = count_files(temp)  # the page's own pictures (examples), kept by design
-        warm = Client(url, download_files=False, analytics_enabled=False, verbose=False)
-        warm.predict("hero", "", args.steps, "DDIM", True, 1.0, 1.0, args.num_images, 0, False, api_name="/generate")
-        results.temp_files["start"] = count_files(temp)
-        print(f"{args.users} users against {url} ({label}); up to {args.requests} requests or {args.max_seconds:.0f} s",
-              file=sys.stderr)
-        run_users(url, args, results, server.pid)
-        results.temp_files["end"] = count_files(temp)
-        time.sleep(args.cleanup_age * 1.5 + 5)  # one full cleanup period after the files have aged
-        results.temp_files["cleaned"] = count_files(temp)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-    results.server_tracebacks = (work / "server.log").read_text().count("Traceback")
-    print(markdown(results))
-    if results.failed:
-        print("\nFailures:\n" + "\n".join(sorted(set(results.failed))))
+    modes = ["one at a time"] if args.no_batching else args.modes
+    runs = [run_mode(args, mode, label, work) for mode in modes]
+    print(markdown(runs))
+    for r in runs:
+        if r.failed:
+            print(f"\nFailures ({r.mode}):\n" + "\n".join(sorted(set(r.failed))))
     if args.json:
-        Path(args.json).write_text(json.dumps(asdict(results), indent=1))
+        Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from .batching import ContinuousBatcher
 from .editing import PLAIN, EditPlan, SpriteEditing, StepCallback
 from .fast import NoisePredictor, compiled_step, eager_predictor, fast_predictor
 from .samplers import SAMPLERS, get_sampler
@@ -75,7 +76,9 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         self.predicts_velocity = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
         self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
         self.step_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.denoise_step
+        self.compiled_batch_sizes: tuple[int, ...] = ()  # U-Net rows the compiled predictor serves
         self.compiling = False  # True while compile_in_background works
+        self.batcher: ContinuousBatcher | None = None  # set by enable_batching: requests in flight share U-Net calls
 
     def enable_fast_sampling(self, compile: bool = True, bf16: bool = False,
                              batch_sizes: Collection[int] | None = None, whole_step: bool | None = None) -> None:
@@ -92,6 +95,8 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         if whole_step and compile:
             if batch_sizes is not None:
                 raise ValueError("batch_sizes applies to compiling the U-Net alone (whole_step=False)")
+            if self.batcher is not None:
+                raise ValueError("a compiled whole step runs one request's U-Net call itself: not with batching")
             self.noise_predictor = fast_predictor(self.unet, compile=False, bf16=bf16)
             self.step_function = compiled_step(self.denoise_step, self.device.type)
             return
@@ -100,28 +105,46 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         with torch.inference_mode():  # sampling runs in inference mode: compile for that
             for rows in batch_sizes or ():
                 predictor(torch.zeros(rows, 3, size, size, device=self.device),
-                          torch.tensor(unet_timestep(self.num_train_steps), device=self.device),
+                          torch.full((rows,), float(unet_timestep(self.num_train_steps)), device=self.device),
                           torch.zeros(rows, contexts, device=self.device))
         self.noise_predictor = predictor
+        self.compiled_batch_sizes = tuple(sorted(batch_sizes or ())) if compile else ()
         self.step_function = self.denoise_step
 
-    def compile_in_background(self, num_images: int = 16) -> threading.Thread | None:
+    def enable_batching(self, max_rows_per_step: int | None = None, **options) -> ContinuousBatcher:
+        """Merge the U-Net calls of every request in flight, from any thread, into one call per step
+        (model/batching.py). Each request's sprites stay what they are when it runs alone."""
+        if self.step_function != self.denoise_step:
+            raise ValueError("batching shares the U-Net call, which a compiled whole step keeps to itself")
+        if max_rows_per_step is not None:
+            options["max_rows_per_step"] = max_rows_per_step
+        # The current predictor at each call: a background compile swaps it in while requests are served.
+        self.batcher = ContinuousBatcher(lambda *rows: self.noise_predictor(*rows),
+                                         buckets=lambda: self.compiled_batch_sizes, **options)
+        return self.batcher
+
+    def compile_in_background(self, num_images: int = 16, batch_sizes: Collection[int] | None = None
+                              ) -> threading.Thread | None:
         """Compile for ``num_images`` sprites (N rows, 2N with guidance) in a thread; sample eager meanwhile.
 
         The app's way to fast sampling without making a request wait for a compile: other sizes
         stay eager. CPU only: on a GPU, enable_fast_sampling compiles the whole step instead (measured in
         benchmarks/sampling.py, not yet inside the app). SPRITE_DISABLE_COMPILE=1 skips it.
-        ``self.compiling`` is True until the compiled U-Net is in use. Returns the started thread, or None.
+        batch_sizes: the U-Net row counts to compile for instead (with batching: the buckets merged calls are
+        padded to). ``self.compiling`` is True until the compiled U-Net is in use. Returns the started thread, or None.
         """
+        sizes = tuple(sorted(batch_sizes or (num_images, 2 * num_images)))
+        what = f"batches of {', '.join(map(str, sizes))} U-Net rows" if batch_sizes else f"{num_images} sprites"
+
         def work() -> None:
             start = time.perf_counter()
-            self.enable_fast_sampling(batch_sizes=(num_images, 2 * num_images))
+            self.enable_fast_sampling(batch_sizes=sizes)
             self.compiling = False
-            print(f"compiled the U-Net for {num_images} sprites in {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"compiled the U-Net for {what} in {time.perf_counter() - start:.0f} s", flush=True)
         if os.environ.get("SPRITE_DISABLE_COMPILE") == "1" or self.device.type != "cpu":
             return None
         self.compiling = True
-        print(f"compiling the U-Net for {num_images} sprites in the background; sampling eager meanwhile", flush=True)
+        print(f"compiling the U-Net for {what} in the background; sampling eager meanwhile", flush=True)
         thread = threading.Thread(target=work, name="compile", daemon=True)
         thread.start()
         return thread
@@ -129,6 +152,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
     def disable_fast_sampling(self) -> None:
         """Back to the eager fp32 reference."""
         self.noise_predictor = eager_predictor(self.unet)
+        self.compiled_batch_sizes = ()
         self.step_function = self.denoise_step
 
     @property
@@ -188,14 +212,22 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
                 raise ValueError(f"{name} must be a number from 0 to 20, got {value!r}")
 
     # ---- the reverse process -----------------------------------------------------------
+    def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The U-Net's output for these rows, with one float timestep per row: the form a merged call of several
+        requests takes, so one compiled shape serves requests alone and batched (the values are the same)."""
+        timestep = timestep.reshape(-1).to(torch.float32).expand(sample.shape[0]).contiguous()
+        if self.batcher is not None:
+            return self.batcher.predict(sample, timestep, context)
+        return self.noise_predictor(sample, timestep, context)
+
     def guided_output(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                       guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The U-Net's output for x_t; with a guidance scale, pushed away from the unconditional (zero context)
         estimate: classifier-free guidance, uncond + scale * (cond - uncond)."""
         if guidance is None:
-            return self.noise_predictor(sample, timestep, context)
-        both = self.noise_predictor(torch.cat([sample, sample]), timestep,
-                                    torch.cat([context, torch.zeros_like(context)]))
+            return self.predict_noise(sample, timestep, context)
+        both = self.predict_noise(torch.cat([sample, sample]), timestep,
+                                  torch.cat([context, torch.zeros_like(context)]))
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
@@ -246,10 +278,22 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
             return torch.Generator().manual_seed(int(seed))
         return generator
 
-    @torch.inference_mode()
     def _reverse_process(self, context_weights: torch.Tensor, num_inference_steps: int, sampler: str,
                          add_noise: bool, noise_scale: float, guidance_scale: float,
                          generator: torch.Generator | None, plan: EditPlan = PLAIN) -> Iterator[DenoiseStep]:
+        """The reverse loop below; with batching on, its U-Net calls merged with other requests' (admission
+        happens here, so a full batcher refuses the request before its first step)."""
+        steps = self._reverse_steps(context_weights, num_inference_steps, sampler, add_noise, noise_scale,
+                                    guidance_scale, generator, plan)
+        if self.batcher is None:
+            return steps
+        rows = context_weights.shape[0] * (1 if guidance_scale == 1.0 else 2)
+        return self.batcher.stream(steps, rows)
+
+    @torch.inference_mode()
+    def _reverse_steps(self, context_weights: torch.Tensor, num_inference_steps: int, sampler: str,
+                       add_noise: bool, noise_scale: float, guidance_scale: float,
+                       generator: torch.Generator | None, plan: EditPlan = PLAIN) -> Iterator[DenoiseStep]:
         """The one reverse loop. ``plan`` may start it part of the way down from a given sprite, run a hook after
         every step and jump back up the grid (model/editing.py); the default plan is plain sampling."""
         size = self.unet.config.sample_size

@@ -476,6 +476,30 @@ def test_full_queue_answers_busy_at_once(tiny_dir, tmp_path, monkeypatch):
         demo.close()
 
 
+@pytest.mark.slow
+def test_concurrent_requests_sample_together_and_get_their_own_sprites(tiny_dir, tmp_path):
+    """With batching (as `python app.py` runs), requests in flight share U-Net calls: four users at once, each
+    gets the sprites the same request gets alone (model/batching.py: within one level of float rounding)."""
+    pipe = load_pipeline(tiny_dir)
+    requests = [{**FAST, "num_inference_steps": 30, "seed": s, "context": c, "guidance_scale": g}
+                for s, c, g in ((1, "hero", 1.0), (2, "food", 2.0), (3, "spell", 1.0), (4, "item", 3.0))]
+    alone = [final_sprites(list(app.SpriteApp(pipe, tmp_path / "alone").generate(**r))) for r in requests]
+    batcher = pipe.enable_batching()
+    demo = app.build_demo(pipe, "", tmp_path / "files")
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        clients = [Client(url, download_files=str(tmp_path), analytics_enabled=False, verbose=False)
+                   for _ in requests]
+        jobs = [c.submit(**r, api_name="/generate") for c, r in zip(clients, requests, strict=True)]
+        sheets = [job.result(timeout=300)[4] for job in jobs]
+    finally:
+        demo.close()
+    for sheet, expected in zip(sheets, alone, strict=True):
+        sprites = np.asarray(Image.open(sheet))
+        assert sprites.shape == expected.shape and np.abs(sprites.astype(int) - expected.astype(int)).max() <= 1
+    assert max(len(m) for m in batcher.merged) >= 2  # at least two requests in one U-Net call
+
+
 def test_the_page_says_when_it_is_warming_up(sprites, monkeypatch):
     monkeypatch.setattr(sprites.pipe, "compiling", True, raising=False)
     note, timer = sprites.warm_up_note()

@@ -17,6 +17,7 @@ from gradio_client import handle_file
 from PIL import Image
 
 from model import MAX_IMAGES, SAMPLERS, SpritePipeline, fit_sprite, to_uint8, upscale
+from model.batching import Busy
 from model.gallery import display_grid, noisy_copies, save_gif, save_sheet
 from model.inputs import InputError, choice, flag, real_number, weight_vector, whole_number
 from ui.figures import schedule_figure
@@ -41,6 +42,7 @@ LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
 LIVE_WIDTH, FINAL_WIDTH = 160, 560
 STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
 MAX_UPLOAD_SIDE = 2048  # an upload may hold at most this many pixels squared
+SAMPLING_IN_FLIGHT = 64  # requests sampling at once with batching (MAX_ROWS_IN_FLIGHT admits 64 of the largest)
 PROGRESS = gr.Progress()  # the default gradio looks for; it is bound to each request when called
 
 
@@ -56,6 +58,14 @@ def sampler_hint(label: str) -> str:
         return f"*{SAMPLERS[sampler_name('sampler', label)].hint}.*"
     except InputError:
         return ""
+
+
+def busy_as_message(steps):
+    """A request's steps; a batcher that is full says so in the page, as a full queue does, with no traceback."""
+    try:
+        yield from steps
+    except Busy as err:
+        raise gr.Error(str(err), title="Busy", print_exception=False) from None
 
 
 def invalid_input(message: str) -> gr.Error:
@@ -98,6 +108,8 @@ class SpriteApp:
         self.file_dir = Path(file_dir or tempfile.mkdtemp(prefix="sprite-diffusion-"))
         self.file_dir.mkdir(parents=True, exist_ok=True)
         self.examples, self.example_captions = _example_sprites(pipe.unet.config.sample_size)
+        # Sampling requests run at once when the pipeline batches them (model/batching.py), else one at a time.
+        self.sampling_limit = SAMPLING_IN_FLIGHT if pipe.batcher is not None else 1
 
     def settings(self, context, weights, num_inference_steps, sampler, add_noise, noise_scale, guidance_scale,
                  num_images, seed, randomize_seed) -> dict:
@@ -145,7 +157,7 @@ class SpriteApp:
         every = max(1, n // LIVE_FRAMES)
         frames = []
         start = time.perf_counter()
-        for step in steps:
+        for step in busy_as_message(steps):
             progress((step.index + 1, n), desc="Denoising", unit="steps")
             if step.index % every and step.index < n - 1:
                 continue
@@ -253,8 +265,8 @@ class SpriteApp:
     def warm_up_note(self):
         """While the U-Net compiles after a start: a line saying so, and the timer keeps polling; then neither."""
         if getattr(self.pipe, "compiling", False):
-            return (gr.Markdown("**Warming up**: compiling the U-Net for 16 sprites (a minute or two after a "
-                                "start). Requests run meanwhile, uncompiled and about 1.7x slower.", visible=True),
+            return (gr.Markdown("**Warming up**: compiling the U-Net (a few minutes after a start). Requests run "
+                                "meanwhile, uncompiled and about 1.7x slower.", visible=True),
                     gr.skip())
         return gr.Markdown(visible=False), gr.Timer(active=False)
 

@@ -293,7 +293,8 @@ def build_redraw_tab(events: SpriteApp, pipe, gpu: Callable = lambda fn: fn) -> 
             hint = gr.Markdown(sampler_hint("DDIM"))
             steps = gr.Slider(1, big_t, value=STEPS, step=1, label="Steps",
                               info="Of a full run from pure noise; a redraw runs the ones at or below t₀")
-            guidance = gr.Slider(0, 5, value=GUIDANCE, step=0.1, label="Guidance scale", info="1 is off; 0 ignores the context")
+            guidance = gr.Slider(0, 5, value=GUIDANCE, step=0.1, label="Guidance scale",
+                                 info="1 is off; 0 ignores the context")
             num_images = gr.Slider(1, MAX_VARIATIONS, value=VARIATIONS, step=1, label="Number of variations")
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
@@ -336,10 +337,10 @@ def build_redraw_tab(events: SpriteApp, pipe, gpu: Callable = lambda fn: fn) -> 
     settings = [context, sampler, steps, guidance, num_images]
     redraw_button.click(gpu(tab.redraw), [sprite, strength, *settings, seed, randomize],
                         [current, predicted, redrawn, stats, seed], api_name="redraw", preprocess=False,
-                        concurrency_id="sampler", concurrency_limit=1, show_progress_on=[redrawn])
+                        concurrency_id="sampler", concurrency_limit=tab.app.sampling_limit, show_progress_on=[redrawn])
     repaint_button.click(gpu(tab.inpaint), [sprite, mask, *settings, jumps, seed, randomize],
                          [current, predicted, repainted, mask_view, stats, seed], api_name="inpaint",
-                         preprocess=False, concurrency_id="sampler", concurrency_limit=1,
+                         preprocess=False, concurrency_id="sampler", concurrency_limit=tab.app.sampling_limit,
                          show_progress_on=[repainted])
     quiet = dict(api_visibility="private", concurrency_limit=4, trigger_mode="always_last", show_progress="hidden",
                  preprocess=False)
