@@ -7,6 +7,7 @@
 # checkpoints to $RUNS (runs/gpu_ttq).
 #   bash benchmarks/gpu.sh                     # all three parts
 #   bash benchmarks/gpu.sh training quality    # some of them
+#   bash benchmarks/gpu.sh graphs              # not in the default three: the whole loop as CUDA graphs
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
@@ -36,9 +37,14 @@ for part in $PARTS; do
       timeout 360 "$PYTHON" benchmarks/time_to_quality.py --config training/configs/gpu_bf16.yaml --max_steps 2500 \
         --every 1250 --output "$RUNS" 2>&1 | tee "$OUT/time_to_quality.md"
       cp "$RUNS/time_to_quality.json" "$OUT/" 2>/dev/null ;;
+    graphs)  # the app's guidance 2, 16 sprites: DDPM 500 and DDIM 50 step by step (eager, compiled whole step)
+             # against the loop in chunks of 50 and in one chunk, eager and as CUDA graphs (model/graphs.py),
+             # with each path's distance from eager in uint8 levels; then a profile of one eager DDPM step
+      timeout 300 "$PYTHON" benchmarks/graph_sampling.py --device cuda --sprites 16 --runs ddpm:500 ddim:50 \
+        --chunk_steps 50 500 --guidance_scale 2 2>&1 | tee "$OUT/graph_sampling.md" ;;
     study)  # the quality study (training/quality_study.py): every arm side by side, each time-boxed
       timeout "${STUDY_LIMIT:-560}" "$PYTHON" -m training.quality_study --out "$RUNS/study" \
         --max_train_minutes "${STUDY_MINUTES:-4.5}" --pack "$OUT" 2>&1 | tee "$OUT/study.log" ;;
-    *) echo "unknown part $part (sampling, training, quality, study)" >&2; exit 2 ;;
+    *) echo "unknown part $part (sampling, training, quality, study, graphs)" >&2; exit 2 ;;
   esac
 done

@@ -26,8 +26,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-MAX_ROWS_PER_STEP = 128  # U-Net rows per merged call: 4 of the page's default requests (16 sprites, guided)
-BUCKETS = (16, 32, 64, 128)  # row counts to compile for: merged calls are padded up to the next one
+MAX_ROWS_PER_STEP = 64  # U-Net rows per merged call: 2 of the page's default requests (16 sprites, guided)
+BUCKETS = (16, 32, 64)  # row counts to compile for: merged calls are padded up to the next one
 MAX_ROWS_IN_FLIGHT = 64 * 128  # 64 requests of the largest size (64 sprites, guided): 25 MB per 16x16 row tensor
 GATHER_S = 0.05  # longest wait, after the first row arrives, for the other requests in flight to reach their step
 
@@ -146,9 +146,12 @@ class ContinuousBatcher:
             with self.condition:
                 while not self.queue:
                     self.condition.wait()
-                # A step boundary: wait (briefly) until every request in flight has its next call queued.
+                # A step boundary: unless the queue already fills a call, wait (briefly) until every request in
+                # flight has its next call queued. A full call starts at once: the requests it leaves out update
+                # their samples and render their frames while it runs.
                 deadline = time.monotonic() + self.gather_s
-                while any(not t.waiting for t in self.tickets) and time.monotonic() < deadline:
+                while (sum(c.rows for c in self.queue) < self.max_rows_per_step
+                       and any(not t.waiting for t in self.tickets) and time.monotonic() < deadline):
                     self.condition.wait(max(0.0, deadline - time.monotonic()))
                 chosen = self._choose()
                 for call in chosen:
