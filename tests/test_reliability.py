@@ -110,7 +110,8 @@ def assert_clear(api: str, err: AppError, changed: list[str]) -> None:
     message = err.message or ""
     assert "Traceback" not in message and len(message) < 2000, message[:500]
     if err.title == "Invalid input":
-        named = [f for f in changed if re.match(rf"{f}\b", message.replace("weights[", "weights "))]
+        named = [f for f in changed  # "seed ..." or, as the page labels it, "Seed (seed) ..."
+                 if re.match(rf"({f}\b|[A-Z][\w ]* \({f}\))", message.replace("weights[", "weights "))]
         assert named, f"{api} {changed}: {message[:300]}"
     else:
         assert api == "/forward" and GRADIO_CHECKS.search(message), f"{api} {changed}: {err.title}: {message[:300]}"
