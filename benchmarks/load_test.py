@@ -36,7 +36,6 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # app.py is a script at the top, not a package: `python benchmarks/load_test.py` works
 
 import httpx  # noqa: E402
 from gradio_client import Client  # noqa: E402
@@ -207,8 +206,10 @@ def run_mode(args: argparse.Namespace, mode: str, label: str, work: Path) -> Res
                       sprite_steps=args.num_images * args.steps)
     port, temp = free_port(), work / mode.replace(" ", "-") / "gradio"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp)}
-    command = [sys.executable, __file__, "--serve", "--mode", mode, "--model", args.model, "--port", str(port),
-               "--cleanup_age", str(args.cleanup_age), "--server_threads", str(args.server_threads)]
+    # As a module from the repository root: the server imports app.py, which sits there, not in a package.
+    command = [sys.executable, "-m", "benchmarks.load_test", "--serve", "--mode", mode, "--model", args.model,
+               "--port", str(port), "--cleanup_age", str(args.cleanup_age),
+               "--server_threads", str(args.server_threads)]
     log_path = temp.parent / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")

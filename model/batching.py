@@ -19,6 +19,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -64,13 +65,14 @@ class Call:
 
 
 class ContinuousBatcher:
-    """Merges the U-Net calls of every request in flight on one pipeline (attach with ``pipe.batcher = ...``).
+    """Merges the U-Net calls of every request in flight on one pipeline (``SpritePipeline.enable_batching``).
 
     max_rows_per_step: rows per merged call; requests beyond it wait for the next call. A request's first step
         goes first (so every request streams its first frame soon), then the oldest requests (so they finish).
     max_rows_in_flight: admitted rows; :meth:`stream` raises :class:`Busy` beyond it.
-    buckets: row counts the predictor is compiled for; a merged call is padded up to the next one (default: the
-        pipeline's ``compiled_batch_sizes``, read at each call, so a compile that ends later is used at once).
+    buckets: returns the row counts the predictor is compiled for; a merged call is padded up to the next one.
+        Read at each call (enable_batching passes the pipeline's ``compiled_batch_sizes``), so a compile that
+        ends later is used at once.
     """
 
     def __init__(self, predictor: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
@@ -83,7 +85,7 @@ class ContinuousBatcher:
         self.condition = threading.Condition()
         self.arrivals = itertools.count()
         self.local = threading.local()  # the ticket of the request this thread is stepping
-        self.merged: list[tuple[int, ...]] = []  # rows of each request in each merged call (the last 1,000)
+        self.merged: deque[tuple[int, ...]] = deque(maxlen=1000)  # rows of each request in each recent merged call
         self.thread: threading.Thread | None = None
 
     # ---- the requests' side ------------------------------------------------------------------------
@@ -118,12 +120,12 @@ class ContinuousBatcher:
                 self.condition.notify_all()
 
     def predict(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """The U-Net's output for these rows, computed in a merged call; blocks until it is ready."""
+        """The U-Net's output for these rows, computed in a merged call; blocks until it is ready. ``timestep``
+        has one float per row (SpritePipeline.predict_noise makes it so), as the merged call takes them."""
         ticket = getattr(self.local, "ticket", None)
         if ticket is None:  # a caller outside stream(): batched all the same, without a place in the queue order
             ticket = Ticket(sample.shape[0], next(self.arrivals))
-        rows = sample.shape[0]
-        call = Call(ticket, sample, timestep.reshape(-1).to(torch.float32).expand(rows), context)
+        call = Call(ticket, sample, timestep, context)
         with self.condition:
             self._start()
             ticket.waiting = True
@@ -172,7 +174,7 @@ class ContinuousBatcher:
     def _run(self, calls: list[Call]) -> None:
         """One U-Net call for all ``calls`` (padded to a compiled size); if it fails, each alone, so an error
         stays with the request that caused it."""
-        self.merged = [*self.merged[-999:], tuple(c.rows for c in calls)]
+        self.merged.append(tuple(c.rows for c in calls))
         try:
             outputs = self._forward(calls)
         except Exception:  # noqa: BLE001 -- retried one by one below, where each error reaches its own request

@@ -111,13 +111,12 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         self.compiled_batch_sizes = tuple(sorted(batch_sizes or ())) if compile else ()
         self.step_function = self.denoise_step
 
-    def enable_batching(self, max_rows_per_step: int | None = None, **options) -> ContinuousBatcher:
+    def enable_batching(self, **options) -> ContinuousBatcher:
         """Merge the U-Net calls of every request in flight, from any thread, into one call per step
-        (model/batching.py). Each request's sprites stay what they are when it runs alone."""
+        (model/batching.py; ``options`` go to ContinuousBatcher). Each request's sprites stay what they are
+        when it runs alone."""
         if self.step_function != self.denoise_step:
             raise ValueError("batching shares the U-Net call, which a compiled whole step keeps to itself")
-        if max_rows_per_step is not None:
-            options["max_rows_per_step"] = max_rows_per_step
         # The current predictor at each call: a background compile swaps it in while requests are served.
         self.batcher = ContinuousBatcher(lambda *rows: self.noise_predictor(*rows),
                                          buckets=lambda: self.compiled_batch_sizes, **options)
