@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, upscale  # noqa: E402
 from model.batching import BUCKETS  # noqa: E402
 from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as app.X)
+    COMPARE_STEPS,
     COMPARED_SAMPLERS,
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -61,9 +62,16 @@ CSS = """
 .fill .image-frame, .fill img { width: 100%; height: auto; object-fit: contain; }
 .label-room .image-container { padding-top: var(--size-8); }
 #controls { position: sticky; top: 0; align-self: flex-start; overflow-y: auto; flex-wrap: nowrap;
-            max-height: calc(100vh - 200px); }  /* 200 px: the title, the model line and the tabs above */
+            max-height: calc(100vh - 250px); }  /* 250 px: the title, the model line, the tabs and the warm-up note */
 #controls > * { flex-shrink: 0; }
 #dataset-gallery .grid-wrap, #sampler-comparison .grid-wrap { max-height: none; height: auto; overflow: visible; }
+/* each sampler's caption under its grid, not over its bottom row; rows as tall as their content */
+#sampler-comparison .grid-wrap { min-height: 0; }
+#sampler-comparison .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
+#sampler-comparison .thumbnail-item { aspect-ratio: auto; height: auto; display: flex; flex-direction: column; }
+#sampler-comparison .thumbnail-item img { aspect-ratio: 1; height: auto; }
+#sampler-comparison .caption-label { position: static; max-width: none; white-space: normal; border: none;
+                                     border-radius: 0; }
 #run-buttons { position: sticky; bottom: 0; z-index: 10; background: var(--body-background-fill);
                padding: var(--size-2) 0; }
 """
@@ -125,9 +133,15 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                         compared = gr.CheckboxGroup(SAMPLER_LABELS, value=COMPARED_SAMPLERS, label="Samplers",
                                                     info="Same seed and starting noise, the steps above")
                         samplers_button = gr.Button("Compare samplers")
+                    with gr.Accordion("Compare: noise re-adding on vs off", open=False):
+                        compare_steps = gr.Slider(2, pipe.num_train_steps, value=COMPARE_STEPS, step=1,
+                                                  label="DDPM steps",
+                                                  info="DDPM, with the context, guidance, sprites and seed above. "
+                                                       "Re-adding noise needs DDPM's many small steps: over a few "
+                                                       "big ones its noise is too coarse")
+                        compare_button = gr.Button("Compare: noise re-adding on vs off")
                     with gr.Column(elem_id="run-buttons"):
                         generate_button = gr.Button("Generate", variant="primary", size="lg")
-                        compare_button = gr.Button("Compare: noise re-adding on vs off")
                 with gr.Column(scale=2):
                     with gr.Row():
                         current = gr.Image(label="Current samples xₜ", format="png", elem_id="live-samples",
@@ -198,7 +212,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         generate_button.click(gpu(events.generate), sample_inputs, [current, predicted, final, gif, sheet, stats, seed],
                               api_name="generate", preprocess=False, concurrency_id="sampler",
                               concurrency_limit=events.sampling_limit, show_progress_on=[final])
-        compare_inputs = [context, weights, steps, noise_scale, guidance, num_images, seed, randomize]
+        compare_inputs = [context, weights, compare_steps, noise_scale, guidance, num_images, seed, randomize]
         compare_button.click(lambda: gr.Group(visible=True), None, compare_group, api_visibility="private",
                              queue=False, show_progress="hidden")
         compare_button.click(gpu(events.compare), compare_inputs, [with_noise, without_noise, compare_note, seed],
@@ -207,7 +221,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                              show_progress_on=[with_noise, without_noise])
         samplers_button.click(lambda: gr.Gallery(visible=True, value=None), None, sampler_grids,
                               api_visibility="private", queue=False, show_progress="hidden")
-        samplers_button.click(gpu(events.compare_samplers), [*compare_inputs[:2], steps, guidance, num_images, seed,
+        samplers_button.click(gpu(events.compare_samplers), [context, weights, steps, guidance, num_images, seed,
                                                              randomize, compared], [sampler_grids, seed],
                               api_name="compare_samplers", preprocess=False, concurrency_id="sampler",
                               concurrency_limit=events.sampling_limit, show_progress_on=[sampler_grids])

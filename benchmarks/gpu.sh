@@ -25,17 +25,19 @@ for part in $PARTS; do
     sampling)  # the app's guidance 2; ours against the eager diffusers loop, and against our eager path
       timeout 300 "$PYTHON" benchmarks/sampling.py --device cuda --batches 1 16 64 --runs ddpm:500 ddim:50 \
         --guidance_scale 2 --check_eager 2>&1 | tee "$OUT/sampling.md" ;;
-    training)  # the EMA update alone, then images/s of the default model's preset at batch 2,048, with and
-               # without torch.compile
-      timeout 60 "$PYTHON" benchmarks/training_speed.py --device cuda --ema --presets tiny-g4 2>&1 | tee "$OUT/ema.md"
-      timeout 240 "$PYTHON" benchmarks/training_speed.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 2>&1 \
-        | tee "$OUT/training.md"
-      timeout 150 "$PYTHON" benchmarks/training_speed.py --device cuda --presets tiny-g4 --repeats 1 --steps 300 \
-        --no_compile 2>&1 | tee "$OUT/training_eager.md" ;;
-    quality)  # the CPU run's recipe (batch 128, 2,500 steps, a checkpoint every 1,250), eager training
+    training)  # the EMA update alone, then images/s at batch 2,048 of the bundled model's preset and of the
+               # quality study's largest candidate, with and without torch.compile
+      timeout 60 "$PYTHON" benchmarks/training_speed.py --device cuda --ema --presets medium1-g16 2>&1 \
+        | tee "$OUT/ema.md"
+      timeout 240 "$PYTHON" benchmarks/training_speed.py --device cuda --presets medium1-g16 large-g16 --repeats 1 \
+        --steps 300 2>&1 | tee "$OUT/training.md"
+      timeout 150 "$PYTHON" benchmarks/training_speed.py --device cuda --presets medium1-g16 large-g16 --repeats 1 \
+        --steps 300 --no_compile 2>&1 | tee "$OUT/training_eager.md" ;;
+    quality)  # the default recipe (train.py's defaults) in bf16, a checkpoint every 1,000 steps, each then held
+              # against the quality bar at DDPM 500
       rm -rf "$RUNS"
-      timeout 360 "$PYTHON" benchmarks/time_to_quality.py --config training/configs/gpu_bf16.yaml --max_steps 2500 \
-        --every 1250 --output "$RUNS" 2>&1 | tee "$OUT/time_to_quality.md"
+      timeout 540 "$PYTHON" benchmarks/time_to_quality.py --config training/configs/gpu_bf16.yaml --every 1000 \
+        --output "$RUNS" 2>&1 | tee "$OUT/time_to_quality.md"
       cp "$RUNS/time_to_quality.json" "$OUT/" 2>/dev/null ;;
     graphs)  # the app's guidance 2, 16 sprites: DDPM 500 and DDIM 50 step by step (eager, compiled whole step)
              # against the loop in chunks of 50 and in one chunk, eager and as CUDA graphs (model/graphs.py),

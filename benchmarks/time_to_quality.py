@@ -31,6 +31,7 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from benchmarks.common import machine_name  # noqa: E402
 from model import SpritePipeline, make_scheduler  # noqa: E402
 from training.evaluate import Evaluator, parse_run, quality_bar_failures  # noqa: E402
+from training.options import parse_args  # noqa: E402
 
 
 def train(args: argparse.Namespace, extra: list[str]) -> float:
@@ -66,10 +67,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "training" / "configs" / "cpu.yaml",
                         help="accelerate config (gpu_bf16.yaml on a GPU)")
-    parser.add_argument("--preset", default="tiny-g4", help="the default model's preset")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--max_steps", type=int, default=10000, help="the default model's budget")
+    recipe = parse_args([])  # train.py's defaults are the default recipe
+    parser.add_argument("--preset", default=recipe.model_config, help="default: the recipe's")
+    parser.add_argument("--batch", type=int, default=recipe.train_batch_size, help="default: the recipe's")
+    parser.add_argument("--learning_rate", type=float, default=recipe.learning_rate, help="default: the recipe's")
+    parser.add_argument("--max_steps", type=int, default=recipe.max_train_steps, help="default: the recipe's budget")
     parser.add_argument("--every", type=int, default=500, help="checkpoint (and evaluation) interval in steps")
     parser.add_argument("--num_per_context", type=int, default=200)
     parser.add_argument("--runs", nargs="+", type=parse_run, default=[parse_run("ddpm:500:2")],

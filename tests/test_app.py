@@ -361,6 +361,10 @@ def test_api_lists_named_endpoints(client):
     for name in ("/generate", "/compare", "/compare_samplers", "/redraw", "/inpaint"):
         defaults = {p["parameter_name"]: p.get("parameter_default") for p in api[name]["parameters"]}
         assert defaults["randomize_seed"] is False, name  # predict(seed=42) means seed 42
+    compare = {p["parameter_name"]: p.get("parameter_default") for p in api["/compare"]["parameters"]}
+    generate = {p["parameter_name"]: p.get("parameter_default") for p in api["/generate"]["parameters"]}
+    # the noise on/off comparison has DDPM steps of its own, not the page's few fast-sampler steps
+    assert compare["num_inference_steps"] == app.COMPARE_STEPS != generate["num_inference_steps"]
     unnamed = [(name, r["label"]) for name, e in api.items() for r in e["returns"] if r["label"].startswith("value_")]
     assert not unnamed  # every output has a name in view_api
 

@@ -28,3 +28,18 @@ def test_time_to_quality_trains_then_evaluates_each_checkpoint_in_order(tmp_path
     assert "time to quality: not reached within 20 steps" in done.stdout
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already has checkpoints" in again.stderr
+
+
+def test_load_report_leaves_each_users_first_request_out_of_the_steady_state_row():
+    from benchmarks.load_test import Results, markdown
+
+    # two users: their first requests met the opening burst (10 s), their later ones did not (1-2 s)
+    runs = [Results(mode="batched", machine="m", model="x", users=2, request="r", sprite_steps=80, wall_s=40.0,
+                    completed=[12.0, 11.0, 3.0, 2.0, 3.0], first_frame=[10.0, 10.0, 1.0, 2.0, 1.0],
+                    repeat=[False, False, True, True, True], sampling=[1.0] * 5)]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1] for line in markdown(runs).splitlines()
+            if line.startswith("| ") and " | " in line}
+    assert rows["Time to the first streamed frame"].startswith("p50 2.00 s, p95 10.00 s")
+    assert rows["The same, leaving out each user's first request (all users arrive at once)"].startswith(
+        "p50 1.00 s, p95 1.90 s (3 requests)")
+    assert rows["Throughput, sprites x steps per second"].startswith("10")

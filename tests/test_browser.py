@@ -119,8 +119,10 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             wait_for_new_final(page, with_noise)
             page.screenshot(path=screenshots / "noise-off.png", full_page=True)
 
-            page.get_by_role("button", name="Compare: noise re-adding on vs off").click()
-            page.get_by_text("Same seed (3)").wait_for(timeout=TIMEOUT_MS)
+            page.get_by_text("Compare: noise re-adding on vs off").first.click()  # the accordion
+            page.get_by_label("number input for DDPM steps").fill("20")  # quicker than its 100 in a test
+            page.get_by_role("button", name="Compare: noise re-adding on vs off", exact=True).click()
+            page.get_by_text("Same seed (3), same 20 DDPM steps").wait_for(timeout=TIMEOUT_MS)
             page.screenshot(path=screenshots / "compare.png", full_page=True)
 
             page.get_by_text("Compare samplers").first.click()  # the accordion
@@ -130,6 +132,9 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             captions = comparison.inner_text()
             for label in ("DDIM", "DPM-Solver++ 2M", "UniPC", "Euler ancestral"):  # each with its time
                 assert re.search(re.escape(label) + rf": {app.DEFAULT_STEPS} steps, [0-9.]+ s", captions), captions
+            for item in comparison.locator(".thumbnail-item").all():  # each caption under its grid, not over it
+                picture, caption = item.locator("img").bounding_box(), item.locator(".caption-label").bounding_box()
+                assert caption["y"] >= picture["y"] + picture["height"] - 1, (picture, caption)
             page.screenshot(path=screenshots / "compare-samplers.png", full_page=True)
 
             page.get_by_role("tab", name="Forward process").click()
