@@ -190,3 +190,35 @@ def test_pixel_statistics_refuse_float_images():
         pixel_statistics(np.zeros((1, 16, 16, 3)), WHITE)
     with pytest.raises(ValueError, match="uint8"):
         background_colour(np.zeros((1, 16, 16), np.uint8))
+
+
+def test_denoise_probe_scores_an_oracle_perfectly_and_a_blind_model_badly(tiny_dir):
+    """The probe's figures on models whose answer is known: one that knows the clean sprites predicts the noise
+    exactly (every pixel comes back), one that always predicts zero noise leaves all of it in."""
+    import torch
+
+    from model import load_pipeline
+    from training.denoise_probe import probe
+
+    pipe = load_pipeline(tiny_dir)
+    rng = np.random.default_rng(0)
+    palette = np.array([[255, 255, 255], [200, 30, 30], [20, 20, 120]], np.uint8)
+    sprites = palette[rng.integers(0, 3, (16, 8, 8))]  # (16, 8, 8, 3): three colours, white the commonest
+    sprites[:, 0, :] = sprites[:, -1, :] = sprites[:, :, 0] = sprites[:, :, -1] = 255  # a white border
+    images = torch.from_numpy(sprites).permute(0, 3, 1, 2).float() / 127.5 - 1
+    contexts = torch.zeros(16, len(pipe.context_names))
+    alpha_bar = pipe.noise_schedule.alpha_bar.float()
+
+    def oracle(noisy, timestep, context):
+        t = int(timestep.reshape(-1)[0]) + 1
+        return (noisy - alpha_bar[t].sqrt() * images) / (1 - alpha_bar[t]).sqrt()
+
+    pipe.predict_noise = oracle
+    rows = probe(pipe, images, contexts, steps=(1, 50, 250))
+    for row in rows:
+        assert row["noise_rmse"] < 1e-3 and row["exact_pixels"] == 1.0 and row["background_exact_share"] == 1.0
+        assert row["colours_per_sprite"] == row["real_colours_per_sprite"] <= 3
+    pipe.predict_noise = lambda noisy, timestep, context: torch.zeros_like(noisy)
+    blind = probe(pipe, images, contexts, steps=(1, 250))
+    assert all(abs(row["noise_rmse"] - 1) < 0.1 for row in blind)
+    assert blind[1]["exact_pixels"] < 0.1 and blind[1]["colours_per_sprite"] > 10

@@ -122,6 +122,20 @@ def test_noisy_batch_is_correct_ddpm_noising_with_uniform_steps_and_context_drop
     assert torch.equal(dropped[kept], context[kept])
 
 
+def test_earlier_timestep_bias_draws_the_low_noise_steps_more_often():
+    schedule = NoiseSchedule(make_scheduler())
+    assert train.timestep_weights(500) is None and train.timestep_weights(500, "earlier", 1.0) is None  # uniform
+    weights = train.timestep_weights(500, "earlier", multiplier=5, portion=0.1)
+    assert weights.shape == (500,) and abs(weights.sum().item() - 1) < 1e-6
+    assert torch.allclose(weights[:50], 5 * weights[50:].max()) and torch.allclose(weights[50:], weights[-1])
+    torch.manual_seed(0)
+    _, t, *_ = train.noisy_batch(torch.zeros(20000, 3, 2, 2), torch.ones(20000, 1), schedule, 0.0, False, weights)
+    assert t.min() == 1 and t.max() == 500
+    assert abs((t <= 50).float().mean().item() - 5 * 50 / (5 * 50 + 450)) < 0.015  # 0.357 of the draws
+    later = train.timestep_weights(500, "later", multiplier=3, portion=0.5)
+    assert torch.allclose(later[250:], 3 * later[:250].max())
+
+
 def test_hflip_mirrors_about_half_of_the_batch():
     torch.manual_seed(0)
     schedule = NoiseSchedule(make_scheduler())
@@ -566,12 +580,16 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["--resume_from_checkpoint", "latest"], "checkpoint-3 is corrupted"),
         (["--context_dropout", "1.5"], "--context_dropout must be between 0 and 1"),
         (["--resolution", "4096"], "--resolution must be from 1 to 128 pixels, got 4096"),
+        (["--timestep_bias_portion", "0"], "--timestep_bias_portion must be above 0 and at most 1, got 0"),
+        (["--pretrained_model_name_or_path", "TINY"], "has 5 contexts (hero, non-hero, food, spell, item), the "
+                                                      "dataset 3"),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
-def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys):
+@pytest.mark.parametrize("case", range(11))
+def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys, tiny_dir):
     flags, message = _bad_inputs(tmp_path)[case]
+    flags = [str(tiny_dir) if f == "TINY" else f for f in flags]
     args = tiny_args(sprites, tmp_path / "out", "--max_train_steps", "1") + flags
     assert train.main(args) == 1
     err = capsys.readouterr().err
@@ -583,6 +601,21 @@ RECIPE_FLAGS = ("dataset", "resolution", "downscale", "model_config", "train_bat
                 "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1",
                 "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "prediction_type", "snr_gamma",
                 "context_dropout", "use_ema", "ema_inv_gamma", "ema_power", "ema_max_decay", "seed")
+
+
+def test_fine_tuning_starts_from_the_given_models_weights(sprites, tmp_path):
+    first = tmp_path / "first"
+    assert train.main(tiny_args(sprites, first, "--max_train_steps", "1", "--checkpointing_steps", "0",
+                                "--save_images_steps", "0")) == 0
+    tuned = tmp_path / "tuned"  # another seed: fresh weights would differ everywhere
+    assert train.main(tiny_args(sprites, tuned, "--max_train_steps", "1", "--checkpointing_steps", "0",
+                                "--save_images_steps", "0", "--seed", "1", "--learning_rate", "1e-12",
+                                "--pretrained_model_name_or_path", str(first))) == 0
+    start = load_file(first / "unet/diffusion_pytorch_model.safetensors")
+    end = load_file(tuned / "unet/diffusion_pytorch_model.safetensors")
+    assert start.keys() == end.keys()
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    assert json.loads((tuned / "training_args.json").read_text())["pretrained_model_name_or_path"] == "first"
 
 
 @pytest.mark.slow

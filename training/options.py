@@ -14,6 +14,7 @@ from model.schedule import PREDICTION_TYPES
 from model.unet import PRESETS
 from training.sprite_data import add_dataset_args
 
+TIMESTEP_BIAS_STRATEGIES = ("none", "earlier", "later")
 PRIVATE_ARGS = ("hub_token", "output_dir", "logging_dir")  # never in the card, the logs or training_args.json
 
 
@@ -27,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_dataset_args(p)
     p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="medium1-g16",
                    help=f"model size preset ({', '.join(PRESETS)}) or a UNet config .json")
+    p.add_argument("--pretrained_model_name_or_path", default=None,
+                   help="start from this model's U-Net (a saved pipeline folder or a Hub repo, e.g. model/default) "
+                        "instead of fresh weights: fine-tuning; its size preset replaces --model_config")
     p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
     p.add_argument("--seed", type=int, default=0, help="seed for reproducible training")
     g = p.add_argument_group("optimisation")
@@ -47,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what the U-Net learns to output: the noise (the course's) or v")
     g.add_argument("--snr_gamma", type=float, default=None,
                    help="min-SNR-gamma loss weighting (5 is the paper's); default: plain MSE")
+    # diffusers' SDXL training script's names and meaning: "earlier" draws more of the low-noise steps.
+    g.add_argument("--timestep_bias_strategy", choices=TIMESTEP_BIAS_STRATEGIES, default="none",
+                   help="draw training steps t unevenly: 'earlier' favours the low-noise end, where the last "
+                        "denoising steps decide whether a pixel lands exactly on its colour")
+    g.add_argument("--timestep_bias_multiplier", type=float, default=1.0,
+                   help="weight of the favoured steps against the others")
+    g.add_argument("--timestep_bias_portion", type=float, default=0.25, help="share of the steps favoured")
     g.add_argument("--max_train_minutes", type=float, default=None,
                    help="stop at the first logging step after this many minutes and save (a time-boxed run)")
     g.add_argument("--context_dropout", type=float, default=0.1,
@@ -100,7 +111,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("max_train_steps", "checkpointing_steps", "save_images_steps", "eval_samples", "lr_warmup_steps"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} must not be negative, got {getattr(args, name)}")
-    for name in ("snr_gamma", "max_train_minutes"):
+    if not 0 < args.timestep_bias_portion <= 1:
+        raise ConfigError(f"--timestep_bias_portion must be above 0 and at most 1, got {args.timestep_bias_portion}")
+    for name in ("snr_gamma", "max_train_minutes", "timestep_bias_multiplier"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
     if not 0 <= args.context_dropout <= 1:
@@ -123,4 +136,7 @@ def public_settings(args: argparse.Namespace) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in PRIVATE_ARGS and not k.startswith("debug_")}
     if settings["dataset"] != "default" and not settings["dataset"].startswith("hub:"):
         settings["dataset"] = Path(settings["dataset"]).name
+    start = settings.get("pretrained_model_name_or_path")
+    if start and Path(start).is_dir():  # a local folder: its name, not where it sits
+        settings["pretrained_model_name_or_path"] = Path(start).name
     return settings

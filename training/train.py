@@ -33,7 +33,7 @@ from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from model import NoiseSchedule, SpritePipeline, make_scheduler, unet_timestep  # noqa: E402
+from model import ModelLoadError, NoiseSchedule, SpritePipeline, load_pipeline, make_scheduler, unet_timestep  # noqa: E402,E501
 from model.unet import build_unet  # noqa: E402
 from training import checkpointing, hub, plots  # noqa: E402
 from training.options import ConfigError, check_args, parse_args, public_settings  # noqa: E402
@@ -41,9 +41,31 @@ from training.sample_grid import context_grid, save_grid  # noqa: E402
 from training.sprite_data import DatasetError, dataset_from_args  # noqa: E402
 
 logger = get_logger(__name__)
+def timestep_weights(num_steps: int, strategy: str = "none", multiplier: float = 1.0,
+                     portion: float = 0.25) -> torch.Tensor | None:
+    """Sampling weights of the course steps 1..T (None: uniform), as diffusers' SDXL training script biases them.
+
+    "earlier" multiplies the weight of the first ``portion`` of the steps, the low-noise end; "later" the last.
+    Written out here because diffusers keeps its version inside an example script, not in the library.
+    """
+    if strategy == "none" or multiplier == 1.0:
+        return None
+    weights = torch.ones(num_steps)
+    favoured = max(1, round(portion * num_steps))
+    if strategy == "earlier":
+        weights[:favoured] *= multiplier
+    elif strategy == "later":
+        weights[-favoured:] *= multiplier
+    else:
+        raise ValueError(f"unknown timestep bias strategy {strategy!r}")
+    return weights / weights.sum()
+
+
 def noisy_batch(x0: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule, context_dropout: float,
-                hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training input: (x_t, course step t in 1..T, context with dropout, the noise, x0 as flipped)."""
+                hflip: bool, t_weights: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training input: (x_t, course step t in 1..T, context with dropout, the noise, x0 as flipped);
+    t is uniform, or drawn with ``t_weights`` (timestep_weights)."""
     n = x0.shape[0]
     if hflip:
         flip = torch.rand(n, device=x0.device) < 0.5
@@ -51,7 +73,10 @@ def noisy_batch(x0: torch.Tensor, context: torch.Tensor, schedule: NoiseSchedule
     if context_dropout > 0:
         context = context * (torch.rand(n, device=x0.device) >= context_dropout)[:, None]
     noise = torch.randn_like(x0)
-    t = torch.randint(1, schedule.num_steps + 1, (n,), device=x0.device)
+    if t_weights is None:
+        t = torch.randint(1, schedule.num_steps + 1, (n,), device=x0.device)
+    else:
+        t = torch.multinomial(t_weights, n, replacement=True).to(x0.device) + 1
     return schedule.add_noise(x0, noise, t), t, context, noise, x0
 
 
@@ -86,6 +111,25 @@ class BatchIndices(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
         return torch.tensor(indices)
+
+
+def pretrained_unet(source: str, names: list[str], resolution: int, prediction_type: str) -> UNet2DModel:
+    """The U-Net of a saved sprite pipeline, to fine-tune: loaded as the app loads models (safetensors only),
+    and checked against the dataset's contexts and resolution first."""
+    try:
+        pipe = load_pipeline(source)
+    except ModelLoadError as err:
+        raise ConfigError(f"--pretrained_model_name_or_path: {err}") from None
+    if len(pipe.context_names) != len(names):
+        raise ConfigError(f"--pretrained_model_name_or_path: {source} has {len(pipe.context_names)} contexts "
+                          f"({', '.join(pipe.context_names)}), the dataset {len(names)} ({', '.join(names)})")
+    if pipe.unet.config.sample_size != resolution:
+        raise ConfigError(f"--pretrained_model_name_or_path: {source} draws {pipe.unet.config.sample_size} px "
+                          f"sprites, --resolution is {resolution}")
+    if pipe.scheduler.config.prediction_type != prediction_type:
+        raise ConfigError(f"--pretrained_model_name_or_path: {source} predicts {pipe.scheduler.config.prediction_type}"
+                          f", --prediction_type is {prediction_type}")
+    return pipe.unet
 
 
 def _has_accelerator() -> bool:
@@ -155,10 +199,13 @@ def train(args: argparse.Namespace) -> int:
     names = dataset.context_names
     if args.seed is not None:
         set_seed(args.seed)  # the same initial weights on every process and in every run with this seed
-    try:
-        unet = build_unet(len(names), args.model_config, args.resolution)
-    except ValueError as err:
-        raise ConfigError(f"--model_config: {err}") from None
+    if args.pretrained_model_name_or_path:
+        unet = pretrained_unet(args.pretrained_model_name_or_path, names, args.resolution, args.prediction_type)
+    else:
+        try:
+            unet = build_unet(len(names), args.model_config, args.resolution)
+        except ValueError as err:
+            raise ConfigError(f"--model_config: {err}") from None
 
     try:
         accelerator = Accelerator(
@@ -239,6 +286,8 @@ def train(args: argparse.Namespace) -> int:
     if global_step >= max_steps:  # resumed from the last checkpoint (killed before the export): no extra step
         first_epoch = num_epochs
     deadline = time.monotonic() + 60 * args.max_train_minutes if args.max_train_minutes else None
+    t_weights = timestep_weights(schedule.num_steps, args.timestep_bias_strategy, args.timestep_bias_multiplier,
+                                 args.timestep_bias_portion)
     unet.train()
     for epoch in range(first_epoch, num_epochs):
         loader.set_epoch(epoch)
@@ -248,7 +297,7 @@ def train(args: argparse.Namespace) -> int:
             if args.debug_record_indices:
                 seen.append(idx.tolist())
             noisy, t, context, noise, x0 = noisy_batch(images[idx], contexts[idx], schedule, args.context_dropout,
-                                                       dataset.hflip)
+                                                       dataset.hflip, t_weights)
             if args.channels_last:
                 noisy = noisy.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(unet):
