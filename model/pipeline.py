@@ -392,7 +392,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
             (zeros: unconditional).
         num_inference_steps: 1..T. DDPM with fewer than T steps uses a strided schedule.
         sampler: a name from model.samplers.SAMPLERS: "ddpm", "ddim" (deterministic, eta = 0), or one of
-            diffusers' schedulers ("dpm++2m", "unipc", "euler-a").
+            diffusers' schedulers ("dpm++2m", "dpm++2m-sde", "unipc", "euler-a").
         add_noise: False switches off DDPM's noise re-adding (the course's collapse demonstration).
         noise_scale: multiplies DDPM's s3, the re-added noise.
         guidance_scale: classifier-free guidance against the zero context; 1 is off.

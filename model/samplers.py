@@ -51,6 +51,10 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
     Sampler("dpm++2m", "DPM-Solver++ 2M", True, 10,
             "A second-order ODE solver that reuses the previous step's prediction: deterministic, 5-20 steps",
             DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    Sampler("dpm++2m-sde", "DPM-Solver++ 2M SDE", False, 10,
+            "DPM-Solver++ 2M that re-adds noise like DDPM: cleaner backgrounds than the deterministic solvers, "
+            "10-20 steps",
+            DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
     Sampler("unipc", "UniPC", True, 10,
             "A predictor-corrector ODE solver: deterministic, 5-20 steps",
             UniPCMultistepScheduler),

@@ -130,7 +130,7 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
             comparison = page.locator("#sampler-comparison")
             comparison.get_by_text("Euler ancestral:").wait_for(timeout=TIMEOUT_MS)
             captions = comparison.inner_text()
-            for label in ("DDIM", "DPM-Solver++ 2M", "UniPC", "Euler ancestral"):  # each with its time
+            for label in app.COMPARED_SAMPLERS:  # each with its time
                 assert re.search(re.escape(label) + rf": {app.DEFAULT_STEPS} steps, [0-9.]+ s", captions), captions
             for item in comparison.locator(".thumbnail-item").all():  # each caption under its grid, not over it
                 picture, caption = item.locator("img").bounding_box(), item.locator(".caption-label").bounding_box()

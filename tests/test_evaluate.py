@@ -9,6 +9,7 @@ import torch
 
 from model import SpritePipeline, build_unet, make_scheduler
 from training.evaluate import (
+    EYE_STATISTICS,
     MEMORISATION_THRESHOLD,
     PIXEL_STATISTICS,
     Evaluator,
@@ -38,6 +39,7 @@ REQUIRED_FIELDS = {
     "frechet_ratio", "memorisation_rate", "memorisation_threshold", "memorisation_threshold_unit",
     "memorisation_real_reference", "seconds", "machine", "precision", "recall", "precision_real", "recall_real",
     "kid", "kid_real", *PIXEL_STATISTICS, *(f"{name}_real" for name in PIXEL_STATISTICS),
+    *EYE_STATISTICS, *(f"{name}_real" for name in EYE_STATISTICS),
 }
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from training.metrics import (
     background_colour,
+    colour_groups,
     kernel_inception_distance,
     kid_subsets,
     manifold_membership,
@@ -155,6 +156,24 @@ def test_colours_per_sprite_counts_distinct_rgb_triples():
     b[0, 0], b[0, 1] = (0, 0, 1), (1, 0, 0)  # differ from black in one channel each: 4 colours
     assert pixel_statistics(a[None], BLACK)["colours_per_sprite"] == 2.0
     assert pixel_statistics(np.stack([a, b]), BLACK)["colours_per_sprite"] == 3.0
+
+
+def test_eye_level_figures_forgive_small_differences_and_count_large_ones():
+    exact = sprite_on(WHITE)
+    faint = exact.copy()
+    faint[:, :4] = (253, 255, 252)  # 3 levels off in one channel: invisible, near but not exact
+    faint[0, 15] = (240, 240, 240)  # 15 levels off: background-like, not near
+    stats = pixel_statistics(faint[None], WHITE)
+    assert stats["background_exact_share"] == pytest.approx(175 / 240)  # 240 background-like, 64 + 1 off
+    assert stats["background_near_share"] == pytest.approx(239 / 240)
+    assert pixel_statistics(exact[None], WHITE)["background_near_share"] == 1.0
+    # colours within 8 levels of a more frequent one join its group: white, red, and the light grey
+    shaded = faint.copy()
+    shaded[6:10, 6] = (208, 30, 22)  # 8 off the red body in two channels: the same colour to the eye
+    shaded[6, 7] = (209, 30, 30)  # 9 off: a second red
+    assert colour_groups(shaded) == 4 and colour_groups(shaded, levels=0) == 6
+    assert pixel_statistics(shaded[None], WHITE)["colour_groups_per_sprite"] == 4.0
+    assert pixel_statistics(np.stack([exact, shaded]), WHITE)["colour_groups_per_sprite"] == 3.0
 
 
 def test_high_frequency_energy_of_flat_and_checkerboard_sprites():

@@ -99,7 +99,7 @@ def test_callback_sees_every_step(pipe):
     ({"context": [{"a": 1}]}, "context must be a name, a list of names or a list of 5 numbers"),
     ({"num_images": 0}, f"num_images must be a whole number from 1 to {MAX_IMAGES}"),
     ({"num_images": MAX_IMAGES + 1}, f"num_images must be a whole number from 1 to {MAX_IMAGES}"),
-    ({"sampler": "euler"}, "unknown sampler 'euler'; known samplers: ddpm, ddim, dpm++2m, unipc, euler-a"),
+    ({"sampler": "euler"}, "unknown sampler 'euler'; known samplers: ddpm, ddim, dpm++2m, dpm++2m-sde, unipc, euler-a"),
     ({"guidance_scale": float("nan")}, "guidance_scale must be a number from 0 to 20"),
     ({"noise_scale": -1.0}, "noise_scale must be a number from 0 to 20"),
 ])

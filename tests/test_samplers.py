@@ -1,4 +1,4 @@
-"""diffusers' samplers (DPM-Solver++ 2M, UniPC, Euler ancestral) inside SpritePipeline's loop."""
+"""diffusers' samplers (DPM-Solver++ 2M and its SDE twin, UniPC, Euler ancestral) inside SpritePipeline's loop."""
 
 import numpy as np
 import pytest
@@ -17,9 +17,9 @@ def pipe():
     return SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(), NAMES)
 
 
-def test_the_registry_holds_the_course_samplers_and_three_from_diffusers():
+def test_the_registry_holds_the_course_samplers_and_four_from_diffusers():
     assert list(SAMPLERS)[:2] == ["ddpm", "ddim"]
-    assert {"dpm++2m", "unipc", "euler-a"} <= set(LIBRARY)
+    assert {"dpm++2m", "dpm++2m-sde", "unipc", "euler-a"} <= set(LIBRARY)
     for sampler in SAMPLERS.values():
         assert sampler.label and sampler.hint and sampler.typical_steps >= 1
     with pytest.raises(ValueError, match="unknown sampler 'heun'; known samplers: ddpm, ddim, dpm\\+\\+2m"):

@@ -8,7 +8,7 @@ For each step t: real sprites (a fixed random subset of the dataset) are noised 
 the noise once, and the predicted clean sprite x0_hat is rounded to 8 bits as the app shows it. Reported:
 the RMS error of the predicted noise (1 is what predicting zero gives), the share of pixels that come back
 exactly, the mean error in 8-bit levels, colours per sprite of x0_hat next to the real sprites', and the share
-of background pixels exactly the background colour (training/metrics.py).
+of background pixels exactly the background colour, each also at what an eye tells apart (training/metrics.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import load_pipeline
+from model import ModelLoadError, load_pipeline
 from model.pipeline import to_uint8
-from training.metrics import background_colour, pixel_statistics
+from training.evaluate import EYE_STATISTICS, PIXEL_STATISTICS
+from training.metrics import BACKGROUND_NEAR_LEVELS, COLOUR_GROUP_LEVELS, background_colour, pixel_statistics
 from training.sprite_data import load_dataset
 
 PROBE_STEPS = (1, 2, 5, 10, 20, 50, 100, 250)
@@ -50,23 +51,26 @@ def probe(pipe, images: torch.Tensor, contexts: torch.Tensor, steps=PROBE_STEPS,
             "noise_rmse": float((predicted_noise - noise).pow(2).mean().sqrt()),
             "exact_pixels": float((recovered == real).all(-1).mean()),
             "mean_level_error": float(np.abs(recovered.astype(int) - real.astype(int)).mean()),
-            "colours_per_sprite": stats["colours_per_sprite"],
-            "background_exact_share": stats["background_exact_share"],
-            "real_colours_per_sprite": real_stats["colours_per_sprite"],
+            **{name: stats[name] for name in (*PIXEL_STATISTICS[:2], *EYE_STATISTICS)},
+            **{f"real_{name}": real_stats[name] for name in ("colours_per_sprite", "colour_groups_per_sprite")},
         })
     return rows
 
 
 def table(results: dict[str, list[dict]]) -> str:
     names = list(results)
-    what = "noise RMSE / exact pixels / colours / exact background"
+    what = (f"noise RMSE / exact pixels / colours (within {COLOUR_GROUP_LEVELS} levels) / "
+            f"background exact (within {BACKGROUND_NEAR_LEVELS} levels)")
     head = "| t | noise std | " + " | ".join(f"{n}: {what}" for n in names) + " |"
     lines = [head, "|" + " --- |" * (2 + len(names))]
     for i, row in enumerate(results[names[0]]):
-        cells = [f"{r[i]['noise_rmse']:.3f} / {r[i]['exact_pixels']:.3f} / {r[i]['colours_per_sprite']:.0f} / "
-                 f"{r[i]['background_exact_share']:.2f}" for r in results.values()]
+        cells = [f"{r[i]['noise_rmse']:.3f} / {r[i]['exact_pixels']:.3f} / {r[i]['colours_per_sprite']:.0f} "
+                 f"({r[i]['colour_groups_per_sprite']:.0f}) / {r[i]['background_exact_share']:.2f} "
+                 f"({r[i]['background_near_share']:.2f})" for r in results.values()]
         lines.append(f"| {row['t']} | {row['noise_std']:.3f} | " + " | ".join(cells) + " |")
-    lines.append(f"\nReal sprites: {results[names[0]][0]['real_colours_per_sprite']:.0f} colours per sprite.")
+    real = results[names[0]][0]
+    lines.append(f"\nReal sprites: {real['real_colours_per_sprite']:.0f} colours per sprite "
+                 f"({real['real_colour_groups_per_sprite']:.0f} within {COLOUR_GROUP_LEVELS} levels).")
     return "\n".join(lines)
 
 
@@ -84,7 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     images, contexts = data.images[pick], data.contexts[pick]
     results = {}
     for source in args.model:
-        pipe = load_pipeline(source)
+        try:
+            pipe = load_pipeline(source)
+        except ModelLoadError as err:
+            parser.exit(2, f"error: {err}\n")
         if pipe.context_names != data.context_names:
             parser.exit(2, f"error: {source} draws {pipe.context_names}, the dataset holds {data.context_names}\n")
         results[source] = probe(pipe, images, contexts, args.steps, args.seed)

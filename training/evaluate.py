@@ -41,6 +41,8 @@ from training.judge import (
     to_uint8_images,
 )
 from training.metrics import (  # noqa: F401  (frechet_distance: re-exported, it used to live here)
+    BACKGROUND_NEAR_LEVELS,
+    COLOUR_GROUP_LEVELS,
     background_colour,
     frechet_distance,
     kernel_inception_distance,
@@ -54,7 +56,8 @@ MEMORISATION_UNIT = ("RMS difference of uint8 RGB values (0-255) at {size} px, t
                      "or its mirror image")
 HALVES_SEED = 1  # fixed: the real-vs-real reference must not change between runs
 PR_NEIGHBOURS = 3  # k of the k-NN manifolds for precision and recall, as in Kynkäänniemi et al. 2019
-PIXEL_STATISTICS = ("background_exact_share", "colours_per_sprite", "high_frequency_energy")
+PIXEL_STATISTICS = ("background_exact_share", "colours_per_sprite", "high_frequency_energy")  # in the bar
+EYE_STATISTICS = ("background_near_share", "colour_groups_per_sprite")  # diagnostics: what of the gap shows
 
 # The quality bar (quality_bar_failures): every figure held against what real sprites score on the same footing.
 CONTEXT_ACCURACY_MARGIN = 0.02  # overall context accuracy >= the judge's held-out accuracy minus this
@@ -332,7 +335,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     names = list(results[0]["context_accuracy_per_context"])
     header = ["run", "context accuracy", "precision", "recall", "KID", "Fréchet distance, ratio",
               "memorisation", "seconds"]
-    header2 = ["run", "exact background", "colours per sprite", "high-frequency energy", *names]
+    header2 = ["run", "exact background", "colours per sprite", "high-frequency energy",
+               f"background within {BACKGROUND_NEAR_LEVELS} levels", f"colours within {COLOUR_GROUP_LEVELS} levels",
+               *names]
     rows, rows2 = [], []
     for r in results:
         rows.append([_run_label(r), f"{r['context_accuracy']:.3f} ({r['judge_heldout_accuracy']:.3f})",
@@ -342,6 +347,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                      f"{r['memorisation_rate']:.1%} ({r['memorisation_real_reference']:.1%})",
                      "" if r.get("seconds") is None else f"{r['seconds']:.0f}"])
         rows2.append([_run_label(r), *(f"{r[n]:.3f} ({r[n + '_real']:.3f})" for n in PIXEL_STATISTICS),
+                      *(f"{r[n]:.3f} ({r[n + '_real']:.3f})" if n in r else "" for n in EYE_STATISTICS),
                       *(f"{r['context_accuracy_per_context'][n]:.3f} ({r['judge_heldout_accuracy_per_context'][n]:.3f})"
                         for n in names)])
     tables = []

@@ -11,9 +11,15 @@ import numpy as np
 import torch
 
 BACKGROUND_TOLERANCE = 24  # uint8 units per channel: "background-like" pixels, exact or not
+# What an eye tells apart on a sprite shown large: a flat area 1-3 levels off is invisible, 8 levels is about
+# where two neighbouring flat colours start to read as two. The exact figures count both kinds of difference;
+# these two count only what shows, so a gap that the exact ones find can be told visible or not.
+BACKGROUND_NEAR_LEVELS = 3
+COLOUR_GROUP_LEVELS = 8
 
 __all__ = [
-    "BACKGROUND_TOLERANCE", "background_colour", "frechet_distance", "kernel_inception_distance", "kid_subsets",
+    "BACKGROUND_NEAR_LEVELS", "BACKGROUND_TOLERANCE", "COLOUR_GROUP_LEVELS", "background_colour",
+    "colour_groups", "frechet_distance", "kernel_inception_distance", "kid_subsets",
     "manifold_membership", "nearest_distances", "pixel_statistics", "precision_recall",
 ]
 
@@ -181,8 +187,22 @@ def background_colour(images_uint8: np.ndarray) -> tuple[int, int, int]:
     return top >> 16, (top >> 8) & 255, top & 255
 
 
+def colour_groups(sprite: np.ndarray, levels: int = COLOUR_GROUP_LEVELS) -> int:
+    """How many colours one (H, W, 3) uint8 sprite holds when colours within ``levels`` of each other count as one.
+
+    Colours are taken from the most to the least frequent; one starts a new group unless every channel is
+    within ``levels`` of a group already started. levels=0 counts exact RGB triples.
+    """
+    colours, counts = np.unique(sprite.reshape(-1, 3), axis=0, return_counts=True)
+    groups = np.empty((0, 3), dtype=np.int16)
+    for colour in colours[np.argsort(-counts, kind="stable")].astype(np.int16):
+        if not len(groups) or np.abs(groups - colour).max(axis=1).min() > levels:
+            groups = np.vstack([groups, colour])
+    return len(groups)
+
+
 def pixel_statistics(images_uint8: np.ndarray, background: tuple[int, int, int]) -> dict[str, float]:
-    """Three figures of pixel art that a noise-trained judge barely feels, for (N, H, W, 3) uint8 sprites.
+    """Figures of pixel art that a noise-trained judge barely feels, for (N, H, W, 3) uint8 sprites.
 
     - background_exact_share: of the background-like pixels (every channel within BACKGROUND_TOLERANCE
       of `background`), the share exactly equal to it; speckle lowers it. NaN when no pixel is
@@ -191,13 +211,16 @@ def pixel_statistics(images_uint8: np.ndarray, background: tuple[int, int, int])
     - high_frequency_energy: mean absolute 4-neighbour Laplacian 4x - (up + down + left + right) of
       the image in [0, 1], per channel, with replicate padding (border pixels count; a flat image
       gives 0, a 1-pixel black-and-white checkerboard 3.75 at 16 px); noise raises it.
+    - background_near_share and colour_groups_per_sprite: the first two at what an eye sees, the share
+      within BACKGROUND_NEAR_LEVELS of the background and colours merged within COLOUR_GROUP_LEVELS
+      (:func:`colour_groups`). They are diagnostics beside the exact figures, not part of the quality bar.
     """
     images = _check_sprites(images_uint8)
     bg = np.asarray(background, dtype=np.int16)
-    diff = np.abs(images.astype(np.int16) - bg)
-    like = (diff <= BACKGROUND_TOLERANCE).all(axis=-1)
-    exact = (diff == 0).all(axis=-1)
-    share = float(exact.sum() / like.sum()) if like.any() else float("nan")
+    diff = np.abs(images.astype(np.int16) - bg).max(axis=-1)
+    like = diff <= BACKGROUND_TOLERANCE
+    share, near = ((float((diff <= levels).sum() / like.sum()) if like.any() else float("nan"))
+                   for levels in (0, BACKGROUND_NEAR_LEVELS))
 
     packed = np.sort(_packed(images).reshape(len(images), -1), axis=1)
     colours = 1 + (np.diff(packed, axis=1) != 0).sum(axis=1)
@@ -206,4 +229,6 @@ def pixel_statistics(images_uint8: np.ndarray, background: tuple[int, int, int])
     p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     laplacian = 4 * x - p[:, :-2, 1:-1] - p[:, 2:, 1:-1] - p[:, 1:-1, :-2] - p[:, 1:-1, 2:]
     return {"background_exact_share": share, "colours_per_sprite": float(colours.mean()),
-            "high_frequency_energy": float(np.abs(laplacian).mean() / 255)}
+            "high_frequency_energy": float(np.abs(laplacian).mean() / 255),
+            "background_near_share": near,
+            "colour_groups_per_sprite": float(np.mean([colour_groups(image) for image in images]))}
