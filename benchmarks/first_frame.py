@@ -1,6 +1,6 @@
 """Click-to-first-frame latency in a real browser: how soon the denoising starts to show.
 
-    python benchmarks/first_frame.py [--clicks 10] [--steps 10] [--sampler DDIM] [--guidance_scale 2]
+    python -m benchmarks.first_frame [--clicks 10] [--steps 10] [--sampler DDIM] [--guidance_scale 2]
 
 Serves the app on the bundled model on loopback, opens it in Debian's chromium (headless,
 through playwright), and per click measures in the page's own clock (performance.now): the
