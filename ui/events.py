@@ -37,7 +37,7 @@ MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
 # (88% within 3 levels of white, against 66% for UniPC 5, the previous default) and the fewest visible colours short of
 # DDPM 500: 16 sprites in about 1.8 s on a 2-core CPU (compiled). DDPM 500 takes about 90 s.
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DPM-Solver++ 2M SDE", 10, 2.0
-# The noise on/off comparison runs DDPM at steps of its own: at the page's 5 the re-added noise is too coarse and
+# The noise on/off comparison runs DDPM at steps of its own: at the page's 5-10 the re-added noise is too coarse and
 # the "on" side is speckled too. From about 20 steps "on" gives clean figures and "off" the dark collapsed blob
 # (looked at for 20/50/100/200, seed 3); 50 is the cheapest with a margin: about 17 s for both sides on 2 cores.
 COMPARE_STEPS = 50
