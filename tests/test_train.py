@@ -615,7 +615,9 @@ def test_fine_tuning_starts_from_the_given_models_weights(sprites, tmp_path):
     end = load_file(tuned / "unet/diffusion_pytorch_model.safetensors")
     assert start.keys() == end.keys()
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
-    assert json.loads((tuned / "training_args.json").read_text())["pretrained_model_name_or_path"] == "first"
+    settings = json.loads((tuned / "training_args.json").read_text())
+    assert settings["pretrained_model_name_or_path"] == "first"
+    assert settings["model_config"] is None  # the preset flag was not used: the card must not name one
 
 
 @pytest.mark.slow

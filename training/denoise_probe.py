@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import ModelLoadError, load_pipeline
+from model import ModelLoadError, load_pipeline, unet_timestep
 from model.pipeline import to_uint8
-from training.evaluate import EYE_STATISTICS, PIXEL_STATISTICS
+from training.evaluate import EYE_STATISTICS
 from training.metrics import BACKGROUND_NEAR_LEVELS, COLOUR_GROUP_LEVELS, background_colour, pixel_statistics
 from training.sprite_data import load_dataset
 
@@ -42,7 +42,7 @@ def probe(pipe, images: torch.Tensor, contexts: torch.Tensor, steps=PROBE_STEPS,
         noise = torch.randn(images.shape, generator=generator)
         noisy = pipe.noise_schedule.add_noise(images, noise, t)
         sqrt_ab, sqrt_one_minus = alpha_bar[t].sqrt(), (1 - alpha_bar[t]).sqrt()
-        output = pipe.predict_noise(noisy, torch.tensor(float(t - 1)), contexts)  # the U-Net counts from 0
+        output = pipe.predict_noise(noisy, torch.tensor(float(unet_timestep(t))), contexts)
         predicted_noise, clean = pipe.noise_and_clean(noisy, output, sqrt_ab, sqrt_one_minus)
         recovered = to_uint8(clean.clamp(-1, 1))
         stats = pixel_statistics(recovered, background)
@@ -51,7 +51,7 @@ def probe(pipe, images: torch.Tensor, contexts: torch.Tensor, steps=PROBE_STEPS,
             "noise_rmse": float((predicted_noise - noise).pow(2).mean().sqrt()),
             "exact_pixels": float((recovered == real).all(-1).mean()),
             "mean_level_error": float(np.abs(recovered.astype(int) - real.astype(int)).mean()),
-            **{name: stats[name] for name in (*PIXEL_STATISTICS[:2], *EYE_STATISTICS)},
+            **{name: stats[name] for name in ("background_exact_share", "colours_per_sprite", *EYE_STATISTICS)},
             **{f"real_{name}": real_stats[name] for name in ("colours_per_sprite", "colour_groups_per_sprite")},
         })
     return rows

@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"model size preset ({', '.join(PRESETS)}) or a UNet config .json")
     p.add_argument("--pretrained_model_name_or_path", default=None,
                    help="start from this model's U-Net (a saved pipeline folder or a Hub repo, e.g. model/default) "
-                        "instead of fresh weights: fine-tuning; its size preset replaces --model_config")
+                        "instead of fresh weights: fine-tuning; its size replaces --model_config")
     p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
     p.add_argument("--seed", type=int, default=0, help="seed for reproducible training")
     g = p.add_argument_group("optimisation")
@@ -137,6 +137,8 @@ def public_settings(args: argparse.Namespace) -> dict:
     if settings["dataset"] != "default" and not settings["dataset"].startswith("hub:"):
         settings["dataset"] = Path(settings["dataset"]).name
     start = settings.get("pretrained_model_name_or_path")
-    if start and Path(start).is_dir():  # a local folder: its name, not where it sits
-        settings["pretrained_model_name_or_path"] = Path(start).name
+    if start:
+        settings["model_config"] = None  # the size is the started-from model's; the preset flag was not used
+        if Path(start).is_dir():  # a local folder: its name, not where it sits
+            settings["pretrained_model_name_or_path"] = Path(start).name
     return settings

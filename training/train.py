@@ -33,7 +33,14 @@ from diffusers.optimization import get_scheduler  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from model import ModelLoadError, NoiseSchedule, SpritePipeline, load_pipeline, make_scheduler, unet_timestep  # noqa: E402,E501
+from model import (  # noqa: E402
+    ModelLoadError,
+    NoiseSchedule,
+    SpritePipeline,
+    load_pipeline,
+    make_scheduler,
+    unet_timestep,
+)
 from model.unet import build_unet  # noqa: E402
 from training import checkpointing, hub, plots  # noqa: E402
 from training.options import ConfigError, check_args, parse_args, public_settings  # noqa: E402
@@ -41,6 +48,8 @@ from training.sample_grid import context_grid, save_grid  # noqa: E402
 from training.sprite_data import DatasetError, dataset_from_args  # noqa: E402
 
 logger = get_logger(__name__)
+
+
 def timestep_weights(num_steps: int, strategy: str = "none", multiplier: float = 1.0,
                      portion: float = 0.25) -> torch.Tensor | None:
     """Sampling weights of the course steps 1..T (None: uniform), as diffusers' SDXL training script biases them.
