@@ -23,6 +23,7 @@ from PIL import Image  # noqa: E402
 
 from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, upscale  # noqa: E402
 from model.batching import BUCKETS  # noqa: E402
+from model.walk import MAX_STOPS  # noqa: E402
 from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as app.X)
     COMPARE_STEPS,
     COMPARED_SAMPLERS,
@@ -31,10 +32,13 @@ from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as
     DEFAULT_STEPS,
     LIVE_FRAMES,
     MAX_SEED,
+    MAX_WALK_SPRITES,
     MIXED,
     SAMPLER_LABELS,
     SAMPLING_IN_FLIGHT,
     UNCONDITIONAL,
+    WALK_SPRITES,
+    WALK_STOPS,
     SpriteApp,
     _format_weights,
     _one_hot,
@@ -133,6 +137,18 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                         compared = gr.CheckboxGroup(SAMPLER_LABELS, value=COMPARED_SAMPLERS, label="Samplers",
                                                     info="Same seed and starting noise, the steps above")
                         samplers_button = gr.Button("Compare samplers")
+                    with gr.Accordion("Walk from one context to another", open=False):
+                        ends = [*names, ("none (unconditional)", UNCONDITIONAL)]
+                        with gr.Row():
+                            walk_start = gr.Dropdown(ends, value=names[0], label="From")
+                            walk_end = gr.Dropdown(ends, value=names[min(2, len(names) - 1)], label="To")
+                        with gr.Row():
+                            walk_stops = gr.Slider(2, MAX_STOPS, value=WALK_STOPS, step=1, label="Stops")
+                            walk_sprites = gr.Slider(1, MAX_WALK_SPRITES, value=WALK_SPRITES, step=1,
+                                                     label="Sprites per stop")
+                        gr.Markdown("Every stop starts from the same seed, with the sampler, steps and guidance "
+                                    "above; only the context weights move, in even steps.")
+                        walk_button = gr.Button("Walk")
                     with gr.Accordion("Compare: noise re-adding on vs off", open=False):
                         compare_steps = gr.Slider(2, pipe.num_train_steps, value=COMPARE_STEPS, step=1,
                                                   label="DDPM steps",
@@ -159,6 +175,11 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     sampler_grids = gr.Gallery(label="Samplers side by side (one seed, the same starting noise)",
                                                columns=4, height="auto", allow_preview=False, format="png",
                                                elem_classes="pixelated", visible=False, elem_id="sampler-comparison")
+                    with gr.Group(visible=False, elem_id="walk-group") as walk_group:
+                        walk_grid = gr.Image(label="Context walk: a column per stop, a row per starting noise",
+                                             format="png", elem_classes=["pixelated", "label-room"],
+                                             elem_id="context-walk")
+                        walk_note = gr.Markdown(padding=True, label="Walk note")
                     with gr.Row():
                         final = gr.Image(label="Final sprites", format="png", elem_classes=["pixelated", "label-room"],
                                          elem_id="final-grid", buttons=["download", "fullscreen"], scale=3)
@@ -192,6 +213,22 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                     formula = gr.Markdown(start[2], label="Formula")
                     strip = gr.Gallery(start[1], label="The same sprite at t = 0, 100, 250, 500", columns=4,
                                        height="auto", allow_preview=False, format="png", elem_classes="pixelated")
+            gr.Markdown("### What the network makes of xₜ\nTraining shows the U-Net xₜ, t and the context and asks "
+                        "which noise ε was added. Its guess ε̂ implies a clean sprite at once, "
+                        "x̂₀ = (xₜ − √(1 − ᾱₜ) ε̂) / √ᾱₜ: sharp at small t, a blur of what is likely at large t, "
+                        "which is why sampling takes many small steps.")
+            with gr.Row(equal_height=True):
+                first_context = events.example_captions[0] if events.examples is not None else UNCONDITIONAL
+                told = gr.Dropdown([*names, ("none (unconditional)", UNCONDITIONAL)], value=first_context,
+                                   label="Context the network is told", scale=1, min_width=160)
+                guess = events.predict(np.asarray(first), 250, first_context) if first is not None else [None] * 4
+                labels = {"true-noise": "The noise ε that was added", "predicted-noise": "The network's guess ε̂",
+                          "predicted-clean": "Its clean sprite x̂₀"}
+                true_noise, guessed_noise, guessed_clean = [
+                    gr.Image(value, label=label, format="png", elem_classes=["pixelated", "fill"], elem_id=name,
+                             scale=1, min_width=120, buttons=[])
+                    for value, (name, label) in zip(guess[:3], labels.items(), strict=True)]
+            guess_note = gr.Markdown(guess[3], label="What the network got right")
             schedule = gr.Plot(events.schedule_plot(250), label="The noise schedule", elem_id="schedule-plot")
 
         with gr.Tab("Redraw"):
@@ -225,6 +262,12 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                                              randomize, compared], [sampler_grids, seed],
                               api_name="compare_samplers", preprocess=False, concurrency_id="sampler",
                               concurrency_limit=events.sampling_limit, show_progress_on=[sampler_grids])
+        walk_button.click(lambda: gr.Group(visible=True), None, walk_group, api_visibility="private", queue=False,
+                          show_progress="hidden")
+        walk_button.click(gpu(events.walk), [walk_start, walk_end, walk_stops, walk_sprites, steps, sampler, guidance,
+                                             seed, randomize], [walk_grid, walk_note, seed],
+                          api_name="walk", preprocess=False, concurrency_id="sampler",
+                          concurrency_limit=events.sampling_limit, show_progress_on=[walk_grid])
         sampler.change(sampler_hint, sampler, hint, api_visibility="private", queue=False, show_progress="hidden")
         t_slider.change(events.schedule_plot, t_slider, schedule, api_visibility="private", concurrency_limit=4,
                         trigger_mode="always_last", show_progress="hidden")
@@ -234,9 +277,16 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                         concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
         sprite.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_visibility="private",
                       concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+        guess_outputs = [true_noise, guessed_noise, guessed_clean, guess_note]
+        t_slider.change(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_name="predict",
+                        concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+        for changed in (sprite, told):
+            changed.change(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_visibility="private",
+                           concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
         events.offline_api_examples(demo)
         if events.examples is not None:
             example_gallery.select(events.pick_example, None, sprite, api_visibility="private", queue=False)
+            example_gallery.select(events.example_context, None, told, api_visibility="private", queue=False)
 
         demo.load(lambda: (True, True), None, [randomize, redraw_tab.randomize], api_visibility="private",
                   queue=False, show_progress="hidden")  # a visitor gets new sprites at each click

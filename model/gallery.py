@@ -43,12 +43,22 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, frame_ms: int = 80
     return path
 
 
+def sprite_tensor(sprite: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1], the model's units."""
+    return torch.from_numpy(np.array(sprite, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1)
+
+
+def forward_noise(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """The eps of the forward tab: one draw from ``seed``, the same at every t."""
+    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
+
+
 def noisy_copies(sprite: np.ndarray, schedule: NoiseSchedule, timesteps: Sequence[int], seed: int = 0) -> np.ndarray:
     """One (H, W, 3) uint8 sprite at each course step t: x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps.
 
     Every copy uses the same eps (drawn from ``seed``), so moving t only changes the mix.
     """
-    clean = torch.from_numpy(np.array(sprite, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1)
-    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    clean = sprite_tensor(sprite)
+    noise = forward_noise(clean.shape, seed)
     t = torch.as_tensor(list(timesteps))
     return to_uint8(schedule.add_noise(clean.expand(len(t), -1, -1, -1), noise.expand(len(t), -1, -1, -1), t))

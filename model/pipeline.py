@@ -239,6 +239,14 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         predicted_clean = (sample - sqrt_one_minus_alpha_bar * predicted_noise) / sqrt_alpha_bar
         return predicted_noise, predicted_clean
 
+    @torch.inference_mode()
+    def predict_at(self, noisy: torch.Tensor, t: int, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One U-Net call on x_t at course step t (1..T), no guidance: (predicted noise, predicted clean x0_hat).
+        What the network makes of a noisy sprite in one go (the forward tab, training/denoise_probe.py)."""
+        alpha_bar = self.noise_schedule.alpha_bar[t].float()
+        output = self.predict_noise(noisy, torch.tensor(float(unet_timestep(t)), device=self.device), context)
+        return self.noise_and_clean(noisy, output, alpha_bar.sqrt(), (1 - alpha_bar).sqrt())
+
     def denoise_step(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                      coefficients: torch.Tensor, extra_noise: torch.Tensor,
                      guidance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

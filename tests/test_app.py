@@ -21,7 +21,8 @@ from PIL import Image
 
 import app
 import model.loading
-from model import SpritePipeline, build_unet, load_pipeline, make_scheduler
+from model import SpritePipeline, build_unet, load_pipeline, make_scheduler, to_uint8
+from model.gallery import forward_noise, sprite_tensor
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
 FAST = dict(context="hero", weights="", num_inference_steps=8, sampler="DDPM", add_noise=True, noise_scale=1.0,
@@ -257,6 +258,40 @@ def test_forward_process_tab(sprites):
             sprites.forward(sprite, bad)
 
 
+def test_the_networks_guess_on_the_forward_tab(sprites, monkeypatch):
+    sprite = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    noise = forward_noise((3, 16, 16))  # the forward tab's eps
+    shown_noise, guessed_noise, guessed_clean, caption = sprites.predict(sprite, 250, "food")
+    assert np.array_equal(np.asarray(shown_noise)[::16, ::16], to_uint8(noise[None] * 0.5)[0])
+    assert "t = 250, told *food*" in caption and "RMS error of the predicted noise" in caption
+    # the pictures are the pipeline's one-step guess on the tab's x_t
+    noisy = sprites.pipe.noise_schedule.add_noise(sprite_tensor(sprite)[None], noise[None], 250).float()
+    eps_hat, x0_hat = sprites.pipe.predict_at(noisy, 250, sprites.pipe.context_vector("food", 1))
+    assert np.array_equal(np.asarray(guessed_noise)[::16, ::16], to_uint8(eps_hat * 0.5)[0])
+    assert np.array_equal(np.asarray(guessed_clean)[::16, ::16], to_uint8(x0_hat)[0])
+
+    # A network that finds the noise exactly gives the sprite back, at every t, and the caption says so.
+    seen = []
+
+    def oracle(sample, timestep, context):
+        seen.append((float(timestep), context.tolist()))
+        return noise[None].expand_as(sample).to(sample.dtype)
+
+    monkeypatch.setattr(sprites.pipe, "predict_noise", oracle)
+    for t in (1, 250, 500):
+        _, _, guessed_clean, caption = sprites.predict(sprite, t, "unconditional")
+        assert np.array_equal(np.asarray(guessed_clean)[::16, ::16], sprite)
+        assert "told no context" in caption and "**0.00**" in caption and "**100%**" in caption
+    assert seen == [(0.0, [[0.0] * 5]), (249.0, [[0.0] * 5]), (499.0, [[0.0] * 5])]  # the UNet's t - 1
+
+    assert sprites.predict(sprite, 0)[:3] == (None, None, None)  # nothing to find at t = 0
+    assert sprites.predict(None, 100)[3] == "Pick a sprite or upload an image."
+    with pytest.raises(gr.Error, match="context must be one of"):
+        sprites.predict(sprite, 100, "dragon")
+    with pytest.raises(gr.Error, match="t must be"):
+        sprites.predict(sprite, 501)
+
+
 def test_uploads_that_are_not_sprites_get_one_plain_message(sprites, tmp_path):
     """Files as the page uploads them (gradio's file dict, opened by the event): the message names the problem,
     never a server path; a readable upload of any size is fitted to the model's resolution."""
@@ -291,6 +326,7 @@ def test_dataset_examples_feed_the_forward_tab(sprites):
     assert set(sprites.example_captions) == set(NAMES)
     picked = sprites.pick_example(gr.SelectData(None, {"index": 3, "value": None}))
     assert np.array_equal(np.asarray(picked)[::16, ::16], sprites.examples[3])
+    assert sprites.example_context(gr.SelectData(None, {"index": 3, "value": None})) == sprites.example_captions[3]
 
 
 def test_model_source_falls_back_to_the_bundled_model_and_says_so(tiny_dir, tmp_path, monkeypatch, capsys):
@@ -356,9 +392,10 @@ def call(client, **changes):
 @pytest.mark.slow
 def test_api_lists_named_endpoints(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert set(api) == {"/generate", "/compare", "/compare_samplers", "/forward", "/redraw", "/inpaint"}
+    assert set(api) == {"/generate", "/compare", "/compare_samplers", "/walk", "/forward", "/predict", "/redraw",
+                        "/inpaint"}
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == list(FAST)
-    for name in ("/generate", "/compare", "/compare_samplers", "/redraw", "/inpaint"):
+    for name in ("/generate", "/compare", "/compare_samplers", "/walk", "/redraw", "/inpaint"):
         defaults = {p["parameter_name"]: p.get("parameter_default") for p in api[name]["parameters"]}
         assert defaults["randomize_seed"] is False, name  # predict(seed=42) means seed 42
     compare = {p["parameter_name"]: p.get("parameter_default") for p in api["/compare"]["parameters"]}

@@ -1,6 +1,6 @@
 """A real browser uses the page: pick a context, generate, switch noise re-adding off, compare, compare
-samplers, move the forward tab's timestep (the schedule plot's marker follows), redraw a dataset sprite and
-repaint a brushed stroke of it.
+samplers, walk from hero to food, move the forward tab's timestep (the schedule plot's marker and the network's
+guess follow), redraw a dataset sprite and repaint a brushed stroke of it.
 
 Runs Debian's chromium through PyPI's playwright (never `playwright install`, which downloads
 a browser). Takes the docs' screenshots (into a temporary folder; with SAVE_SCREENSHOTS=1 into
@@ -137,6 +137,13 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
                 assert caption["y"] >= picture["y"] + picture["height"] - 1, (picture, caption)
             page.screenshot(path=screenshots / "compare-samplers.png", full_page=True)
 
+            page.get_by_role("radio", name=app.DEFAULT_SAMPLER, exact=True).check()  # back to the default sampler
+            page.get_by_text("Walk from one context to another").first.click()  # the accordion: hero to food
+            page.get_by_role("button", name="Walk", exact=True).click()
+            page.get_by_text("[0, 0, 1, 0, 0]").wait_for(timeout=TIMEOUT_MS)  # the last stop's weights: all done
+            wait_for_image(page, "#context-walk")
+            page.locator("#walk-group").first.screenshot(path=screenshots / "walk.png")  # the walk and its caption
+
             page.get_by_role("tab", name="Forward process").click()
             page.get_by_text("The same sprite at t = 0, 100, 250, 500").wait_for()
             plot = page.locator("#schedule-plot img")
@@ -149,6 +156,8 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
                 const img = document.querySelector('#schedule-plot img');
                 return img && img.getAttribute('src') !== old;
             }""", arg=at_250, timeout=TIMEOUT_MS)
+            page.get_by_text("One U-Net call at t = 400").wait_for(timeout=TIMEOUT_MS)  # the network's guess follows
+            wait_for_image(page, "#predicted-clean")
             page.wait_for_timeout(500)
             page.screenshot(path=screenshots / "forward.png", full_page=True)
 

@@ -65,7 +65,11 @@ BAD = {
     "seed": [-1, 2**31, 2**40, 2**64, 1.5, "abc", "7", True, -1e308],
     "randomize_seed": ["false", 1, 0, "True", 0.0],
     "t": [-1, 501, 2.5, 10**9, "abc", True, None, 1e308, [3]],
+    "stops": [1, 0, 13, -2, 2.5, "3", 10**9] + NUMBER_JUNK,
 }
+BAD["start"] = BAD["end"] = BAD["context"]
+RESULTS = {"/generate": 7, "/compare": 4, "/forward": 3, "/predict": 4, "/walk": 3}  # outputs per endpoint
+WITH_SPRITE = ("/forward", "/predict")
 BAD_SPRITE_FILES = ("text.png", "empty.png", "noise.png", "bomb.png")
 GRADIO_CHECKS = re.compile(r"Could not preprocess input component|is (less|greater) than (minimum|maximum) value|"
                            r"validation error for ImageData|decompression bomb", re.I)
@@ -75,6 +79,15 @@ def valid_request(api: str, rng: random.Random, sprite: str) -> dict:
     """Random values that are all allowed, small enough for a tiny model to answer at once."""
     if api == "/forward":
         return dict(sprite=handle_file(sprite), t=rng.randint(0, 500))
+    if api == "/predict":  # from t = 1: at 0 there is no noise to guess, and no picture
+        return dict(sprite=handle_file(sprite), t=rng.randint(1, 500),
+                    context=rng.choice([*NAMES, "unconditional", "HERO"]))
+    if api == "/walk":
+        ends = [*NAMES, "unconditional", " food "]
+        return dict(start=rng.choice(ends), end=rng.choice(ends), stops=rng.randint(2, 3),
+                    num_images=rng.randint(1, 2), num_inference_steps=rng.randint(1, 2),
+                    sampler=rng.choice(["DDPM", "DDIM", "ddim"]), guidance_scale=rng.choice([1.0, rng.uniform(0, 20)]),
+                    seed=rng.randint(0, 2**31 - 1), randomize_seed=rng.random() < 0.2)
     context = rng.choice([*NAMES, "mixed", "unconditional", "HERO", " food "])
     weights = rng.choice([", ".join(f"{rng.uniform(0, 2):.2f}" for _ in NAMES), [rng.uniform(0, 10)] * 5,
                           "[1, 0, 0.6, 0, 0]"])
@@ -90,7 +103,7 @@ def valid_request(api: str, rng: random.Random, sprite: str) -> dict:
 
 def mutate(api: str, request: dict, rng: random.Random, bad_files: dict[str, str]) -> list[str]:
     """Replace 1-3 fields with values that are wrong for them; returns the fields changed."""
-    fields = [f for f in request if f != "sprite"] + (["sprite"] if api == "/forward" else [])
+    fields = [f for f in request if f != "sprite"] + (["sprite"] if api in WITH_SPRITE else [])
     changed = rng.sample(fields, rng.choice([1, 1, 1, 2, 3]) if len(fields) > 2 else 1)
     for field in changed:
         if field == "sprite":
@@ -106,7 +119,7 @@ def mutate(api: str, request: dict, rng: random.Random, bad_files: dict[str, str
 
 def assert_clear(api: str, err: AppError, changed: list[str]) -> None:
     """Our own checks answer "Invalid input" naming a field that was wrong; gradio's own ones (only the
-    /forward endpoint preprocesses its inputs) name the component or the bound."""
+    endpoints that take a sprite file check it first) name the component or the bound."""
     message = err.message or ""
     assert "Traceback" not in message and len(message) < 2000, message[:500]
     if err.title == "Invalid input":
@@ -114,7 +127,7 @@ def assert_clear(api: str, err: AppError, changed: list[str]) -> None:
                  if re.match(rf"({f}\b|[A-Z][\w ]* \({f}\))", message.replace("weights[", "weights "))]
         assert named, f"{api} {changed}: {message[:300]}"
     else:
-        assert api == "/forward" and GRADIO_CHECKS.search(message), f"{api} {changed}: {err.title}: {message[:300]}"
+        assert api in WITH_SPRITE and GRADIO_CHECKS.search(message), f"{api} {changed}: {err.title}: {message[:300]}"
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +154,7 @@ def test_fuzzed_api_calls_get_a_result_or_a_clear_error(server, sprite_files):
     rng = random.Random(20261126)
     counts = {"ok": 0, "refused": 0}
     for i in range(FUZZ_CALLS):
-        api = rng.choices(["/generate", "/compare", "/forward"], weights=[6, 2, 2])[0]
+        api = rng.choices(list(RESULTS), weights=[5, 2, 1, 1, 1])[0]
         request = valid_request(api, rng, sprite_files["sprite.png"])
         changed = mutate(api, request, rng, sprite_files) if rng.random() < 0.8 else []
         job = client.submit(**request, api_name=api)
@@ -153,7 +166,7 @@ def test_fuzzed_api_calls_get_a_result_or_a_clear_error(server, sprite_files):
             counts["refused"] += 1
             continue
         assert not changed, f"call {i}: {api} accepted bad {changed}: {[request[f] for f in changed]!r:.300}"
-        assert len(result) == {"/generate": 7, "/compare": 4, "/forward": 3}[api] and result[0] is not None
+        assert len(result) == RESULTS[api] and result[0] is not None
         counts["ok"] += 1
     assert counts["ok"] > 50 and counts["refused"] > 250, counts
     final = client.predict(**valid_request("/generate", random.Random(0), ""), api_name="/generate")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import ModelLoadError, load_pipeline, unet_timestep
+from model import ModelLoadError, load_pipeline
 from model.pipeline import to_uint8
 from training.evaluate import EYE_STATISTICS
 from training.metrics import BACKGROUND_NEAR_LEVELS, COLOUR_GROUP_LEVELS, background_colour, pixel_statistics
@@ -41,13 +41,11 @@ def probe(pipe, images: torch.Tensor, contexts: torch.Tensor, steps=PROBE_STEPS,
     for t in steps:
         noise = torch.randn(images.shape, generator=generator)
         noisy = pipe.noise_schedule.add_noise(images, noise, t)
-        sqrt_ab, sqrt_one_minus = alpha_bar[t].sqrt(), (1 - alpha_bar[t]).sqrt()
-        output = pipe.predict_noise(noisy, torch.tensor(float(unet_timestep(t))), contexts)
-        predicted_noise, clean = pipe.noise_and_clean(noisy, output, sqrt_ab, sqrt_one_minus)
+        predicted_noise, clean = pipe.predict_at(noisy, t, contexts)
         recovered = to_uint8(clean.clamp(-1, 1))
         stats = pixel_statistics(recovered, background)
         rows.append({
-            "t": t, "noise_std": float(sqrt_one_minus),
+            "t": t, "noise_std": float((1 - alpha_bar[t]).sqrt()),
             "noise_rmse": float((predicted_noise - noise).pow(2).mean().sqrt()),
             "exact_pixels": float((recovered == real).all(-1).mean()),
             "mean_level_error": float(np.abs(recovered.astype(int) - real.astype(int)).mean()),

@@ -18,9 +18,11 @@ from PIL import Image
 
 from model import MAX_IMAGES, SAMPLERS, SpritePipeline, fit_sprite, to_uint8, upscale
 from model.batching import Busy
-from model.gallery import display_grid, noisy_copies, save_gif, save_sheet
+from model.gallery import display_grid, save_gif, save_sheet
 from model.inputs import InputError, choice, flag, real_number, weight_vector, whole_number
+from model.walk import MAX_STOPS, context_walk, walk_sprites
 from ui.figures import schedule_figure
+from ui.forward import forward_view, network_guess
 
 try:  # the bundled sprites for the forward-process tab; without them, uploads still work
     from training.sprite_data import default_sprites
@@ -42,10 +44,10 @@ DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DPM-Solver++ 2M SDE", 10, 2.
 # (looked at for 20/50/100/200, seed 3); 50 is the cheapest with a margin: about 17 s for both sides on 2 cores.
 COMPARE_STEPS = 50
 COMPARED_SAMPLERS = ["DDIM", "UniPC", "DPM-Solver++ 2M SDE", "Euler ancestral"]  # the comparison's first pick
+WALK_STOPS, WALK_SPRITES, MAX_WALK_SPRITES = 7, 4, 8  # a context walk's columns, rows and most rows
 LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
 # Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
 LIVE_WIDTH, FINAL_WIDTH = 160, 560
-STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
 MAX_UPLOAD_SIDE = 2048  # an upload may hold at most this many pixels squared
 SAMPLING_IN_FLIGHT = 64  # requests sampling at once with batching (MAX_ROWS_IN_FLIGHT admits 64 of the largest)
 PROGRESS = gr.Progress()  # the default gradio looks for; it is bound to each request when called
@@ -231,6 +233,41 @@ class SpriteApp:
                                                                       f"{seconds:.2f} s"))
             yield list(gallery), args["seed"]
 
+    def walk(self, start: str = "hero", end: str = "food", stops: int = WALK_STOPS, num_images: int = WALK_SPRITES,
+             num_inference_steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER,
+             guidance_scale: float = DEFAULT_GUIDANCE, seed: int = 0, randomize_seed: bool = False,
+             progress: gr.Progress = PROGRESS):
+        """From one context to another in even steps of the weights, every stop from the same seed: streams
+        (grid, caption, seed), a column per stop filled in as it finishes."""
+        names = self.pipe.context_names
+        try:
+            ends = [None if c == UNCONDITIONAL else c
+                    for c in (choice("start", start, [*names, UNCONDITIONAL]),
+                              choice("end", end, [*names, UNCONDITIONAL]))]
+            stops = whole_number("Stops (stops)", stops, 2, MAX_STOPS)
+            num_images = whole_number("Sprites per stop (num_images)", num_images, 1, MAX_WALK_SPRITES)
+        except InputError as err:
+            raise invalid_input(str(err)) from None
+        # The rest is checked as Generate checks it (the context there is a stand-in: the two ends are checked above).
+        args = self.settings(names[0], "", num_inference_steps, sampler, True, 1.0, guidance_scale, num_images, seed,
+                             randomize_seed)
+        n = args["num_inference_steps"]
+        sampling = {k: args[k] for k in ("num_inference_steps", "sampler", "guidance_scale")}
+        columns, labels = [], []
+
+        def report(index, *_):
+            progress((len(columns) * n + index + 1, stops * n), desc=f"Stop {len(columns) + 1} of {stops}",
+                     unit="steps")
+
+        walk = context_walk(self.pipe, *ends, stops, num_images, args["seed"], **sampling, callback=report)
+        for weights, sprites in busy_as_message(walk):
+            columns.append(sprites)
+            labels.append(_format_weights(np.round(weights, 2)))
+            caption = (f"Seed {args['seed']}, {n} {SAMPLERS[args['sampler']].label} steps, guidance "
+                       f"{args['guidance_scale']:g}. Columns, left to right, get the context vectors: "
+                       + " · ".join(f"[{w}]" for w in labels))
+            yield display_grid(walk_sprites(columns, stops), FINAL_WIDTH, ncols=stops), caption, args["seed"]
+
     def forward(self, sprite: np.ndarray | dict | str | None, t: int = 250):
         """The forward process on one sprite: (x_t, strip at t = 0/100/250/500, formula)."""
         try:
@@ -240,13 +277,24 @@ class SpriteApp:
         picture = read_upload(sprite)
         if picture is None:
             return None, [], "Pick a sprite or upload an image."
-        clean = self.as_sprite(picture)
-        copies = noisy_copies(clean, self.pipe.noise_schedule, [t, *STRIP])
-        ab = float(self.pipe.noise_schedule.alpha_bar[t])
-        formula = (f"$$x_{{{t}}} = \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + \\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon"
-                   f" = {ab ** 0.5:.3f}\\,x_0 + {(1 - ab) ** 0.5:.3f}\\,\\epsilon$$")
-        strip = [(upscale(c, 8), f"t = {s}") for c, s in zip(copies[1:], STRIP, strict=True)]
-        return upscale(copies[0], 16), strip, formula
+        return forward_view(self.pipe, self.as_sprite(picture), t)
+
+    def predict(self, sprite: np.ndarray | dict | str | None, t: int = 250, context: str = UNCONDITIONAL):
+        """What the network makes of the forward tab's x_t: (noise eps, predicted eps_hat, predicted x0_hat,
+        caption). One U-Net call, no guidance."""
+        try:
+            t = whole_number("t", t, 0, self.pipe.num_train_steps)
+            picked = choice("context", context, [*self.pipe.context_names, UNCONDITIONAL])
+        except InputError as err:
+            raise invalid_input(str(err)) from None
+        picture = read_upload(sprite)
+        if picture is None:
+            return None, None, None, "Pick a sprite or upload an image."
+        return network_guess(self.pipe, self.as_sprite(picture), t, None if picked == UNCONDITIONAL else picked)
+
+    def example_context(self, evt: gr.SelectData) -> str:
+        """A click on a dataset sprite tells the network that sprite's own context."""
+        return self.example_captions[evt.index]
 
     def schedule_plot(self, t: int = 250):
         """The schedule's signal and noise shares and log SNR, marked at the forward tab's t."""

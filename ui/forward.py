@@ -1,0 +1,57 @@
+"""The forward tab's pictures, from a checked sprite and step (ui/events.py checks the request values).
+
+The forward process on one sprite, and what the network makes of it: the noise it must find, the noise it
+predicts and the clean sprite that prediction implies, x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model import SpritePipeline, to_uint8, upscale
+from model.gallery import forward_noise, noisy_copies, sprite_tensor
+
+STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
+NOISE_CONTRAST = 0.5  # noise is shown at half contrast: -2 to 2 (95% of a Gaussian's draws) spans black to white
+SPRITE_SCALE, STRIP_SCALE = 16, 8  # whole enlargements: every sprite pixel stays a sharp square
+
+
+def forward_view(pipe: SpritePipeline, clean: np.ndarray, t: int) -> tuple[Image.Image, list, str]:
+    """(x_t enlarged, the strip at STRIP's steps with captions, the formula with this t's coefficients)."""
+    copies = noisy_copies(clean, pipe.noise_schedule, [t, *STRIP])
+    ab = float(pipe.noise_schedule.alpha_bar[t])
+    formula = (f"$$x_{{{t}}} = \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + \\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon"
+               f" = {ab ** 0.5:.3f}\\,x_0 + {(1 - ab) ** 0.5:.3f}\\,\\epsilon$$")
+    strip = [(upscale(c, STRIP_SCALE), f"t = {s}") for c, s in zip(copies[1:], STRIP, strict=True)]
+    return upscale(copies[0], SPRITE_SCALE), strip, formula
+
+
+def network_guess(pipe: SpritePipeline, clean: np.ndarray, t: int,
+                  context: str | None) -> tuple[Image.Image | None, Image.Image | None, Image.Image | None, str]:
+    """At step t of the forward tab (the same eps): (the noise eps, the network's eps_hat, its x0_hat, a caption
+    with how far off eps_hat is). ``context``: the name the network is told, or None (unconditional)."""
+    if t == 0:
+        return None, None, None, "At t = 0 there is no noise to find: move t up."
+    x0 = sprite_tensor(clean)[None]
+    noise = forward_noise(x0.shape[1:])[None]
+    noisy = pipe.noise_schedule.add_noise(x0, noise, t).float()
+    weights = pipe.context_vector(context, 1)
+    predicted_noise, predicted_clean = pipe.predict_at(noisy.to(pipe.device), t, weights)
+    predicted_noise, predicted_clean = predicted_noise.cpu(), predicted_clean.cpu()
+    error = float((predicted_noise - noise).pow(2).mean().sqrt())
+    guessed, real = to_uint8(predicted_clean.clamp(-1, 1))[0], to_uint8(x0)[0]
+    close = float((np.abs(guessed.astype(int) - real.astype(int)) <= 8).all(-1).mean())
+    told = f"told *{context}*" if context else "told no context"
+    ab = float(pipe.noise_schedule.alpha_bar[t])
+    caption = (f"One U-Net call at t = {t}, {told}. RMS error of the predicted noise: **{error:.2f}** (guessing no "
+               f"noise at all scores 1.00). At this t an error in ε̂ shows {((1 - ab) / ab) ** 0.5:.2f} times as "
+               f"large in x̂₀ (√(1 − ᾱ) / √ᾱ), which is within 8 levels of x₀ at **{close:.0%}** of its pixels. "
+               "Noise is shown at half contrast (-2 is black, +2 white).")
+
+    def picture(x: torch.Tensor) -> Image.Image:
+        return upscale(to_uint8(x)[0], SPRITE_SCALE)
+
+    return (picture(noise * NOISE_CONTRAST), picture(predicted_noise * NOISE_CONTRAST),
+            picture(predicted_clean.clamp(-1, 1)), caption)
