@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu.sh                     # all three parts
 #   bash benchmarks/gpu.sh training quality    # some of them
 #   bash benchmarks/gpu.sh graphs              # not in the default three: the whole loop as CUDA graphs
+#   bash benchmarks/gpu.sh long                # nor this: the bundled preset trained longer (docs/study.md)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
@@ -47,6 +48,11 @@ for part in $PARTS; do
     study)  # the quality study (training/quality_study.py): every arm side by side, each time-boxed
       timeout "${STUDY_LIMIT:-560}" "$PYTHON" -m training.quality_study --out "$RUNS/study" \
         --max_train_minutes "${STUDY_MINUTES:-4.5}" --pack "$OUT" 2>&1 | tee "$OUT/study.log" ;;
-    *) echo "unknown part $part (sampling, training, quality, study, graphs)" >&2; exit 2 ;;
+    long)  # the bundled preset alone for longer (10,000 planned steps in a 6.5-minute box), next to the second
+           # set with a budget sized for its 760 sprites (800 steps); both scored, the better pipelines packed
+      timeout "${LONG_LIMIT:-590}" "$PYTHON" -m training.quality_study --out "$RUNS/long" \
+        --arms medium1-g16 nethack-medium1-g16-short --steps 10000 --max_train_minutes "${LONG_MINUTES:-6.5}" \
+        --pack "$OUT" 2>&1 | tee "$OUT/long.log" ;;
+    *) echo "unknown part $part (sampling, training, quality, study, long, graphs)" >&2; exit 2 ;;
   esac
 done
