@@ -49,7 +49,7 @@ for part in $PARTS; do
       timeout "${STUDY_LIMIT:-560}" "$PYTHON" -m training.quality_study --out "$RUNS/study" \
         --max_train_minutes "${STUDY_MINUTES:-4.5}" --pack "$OUT" 2>&1 | tee "$OUT/study.log" ;;
     long)  # the bundled preset alone for longer (10,000 planned steps in a 6.5-minute box), next to the second
-           # set with a budget sized for its 760 sprites (800 steps); both scored, the better pipelines packed
+           # set with a budget sized for its 760 sprites (2,000 steps); both scored, the better pipelines packed
       timeout "${LONG_LIMIT:-590}" "$PYTHON" -m training.quality_study --out "$RUNS/long" \
         --arms medium1-g16 nethack-medium1-g16-short --steps 10000 --max_train_minutes "${LONG_MINUTES:-6.5}" \
         --pack "$OUT" 2>&1 | tee "$OUT/long.log" ;;

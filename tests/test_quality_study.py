@@ -22,7 +22,7 @@ def flag(command: list[str], name: str) -> str:
 @pytest.mark.skipif(not quality_study.SECOND_SET.is_file(), reason="the second dataset is not built here")
 def test_the_short_second_set_arm_gets_a_budget_sized_for_760_sprites():
     command = command_for("nethack-medium1-g16-short", 10_000)  # gpu.sh's "long" part
-    assert flag(command, "--max_train_steps") == "800"
+    assert flag(command, "--max_train_steps") == "2000"
     assert flag(command, "--dataset").endswith("sprites_nethack.npy")
     assert flag(command, "--context_names") == "monster,weapon,item,effect"
     assert flag(command, "--max_train_minutes") == "6.5"
