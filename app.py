@@ -221,14 +221,15 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                 first_context = events.example_captions[0] if events.examples is not None else UNCONDITIONAL
                 told = gr.Dropdown([*names, ("none (unconditional)", UNCONDITIONAL)], value=first_context,
                                    label="Context the network is told", scale=1, min_width=160)
-                guess = events.predict(np.asarray(first), 250, first_context) if first is not None else [None] * 4
                 labels = {"true-noise": "The noise ε that was added", "predicted-noise": "The network's guess ε̂",
                           "predicted-clean": "Its clean sprite x̂₀"}
+                # Filled in when the page loads (below): building the page runs no U-Net, which on ZeroGPU may only
+                # run inside a request.
                 true_noise, guessed_noise, guessed_clean = [
-                    gr.Image(value, label=label, format="png", elem_classes=["pixelated", "fill"], elem_id=name,
-                             scale=1, min_width=120, buttons=[])
-                    for value, (name, label) in zip(guess[:3], labels.items(), strict=True)]
-            guess_note = gr.Markdown(guess[3], label="What the network got right")
+                    gr.Image(label=label, format="png", elem_classes=["pixelated", "fill"], elem_id=name, scale=1,
+                             min_width=120, buttons=[])
+                    for name, label in labels.items()]
+            guess_note = gr.Markdown("Pick a sprite or upload an image.", label="What the network got right")
             schedule = gr.Plot(events.schedule_plot(250), label="The noise schedule", elem_id="schedule-plot")
 
         with gr.Tab("Redraw"):
@@ -283,6 +284,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         for changed in (sprite, told):
             changed.change(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_visibility="private",
                            concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+        demo.load(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_visibility="private",
+                  concurrency_limit=4, show_progress="hidden", preprocess=False)
         events.offline_api_examples(demo)
         if events.examples is not None:
             example_gallery.select(events.pick_example, None, sprite, api_visibility="private", queue=False)

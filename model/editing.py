@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import sprite_tensor
 from .inputs import real_number, whole_number
 from .samplers import SAMPLERS, get_sampler
 
@@ -143,11 +144,6 @@ def _pad_to_square(picture: Image.Image, fill: int | tuple[int, ...]) -> Image.I
     return canvas
 
 
-def _as_tensor(sprite: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(R, R, 3) uint8 -> (1, 3, R, R) in [-1, 1], the model's scale (training/sprite_data.py's)."""
-    return torch.from_numpy(sprite).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
-
-
 # ---- the pipeline's methods -----------------------------------------------------------------
 class SpriteEditing:
     """SpritePipeline's redraw (SDEdit) and inpaint (RePaint); the loop itself is SpritePipeline._reverse_process."""
@@ -218,7 +214,7 @@ class SpriteEditing:
                              f"back up it: use one of {', '.join(course)}, or jump_length=0")
         context_weights = self.context_vector(context, num_images)
         resolution = self.unet.config.sample_size
-        sprite = _as_tensor(fit_sprite(image, resolution), self.device)
+        sprite = sprite_tensor(fit_sprite(image, resolution)).to(self.device)
         repaint = torch.from_numpy(fit_mask(mask, resolution)).to(self.device)[None, None]
 
         def paste_known(sample: torch.Tensor, t_prev: int, noised: Callable[[torch.Tensor], torch.Tensor]
@@ -240,7 +236,7 @@ class SpriteEditing:
         sprite = fit_sprite(image, self.unet.config.sample_size)
         start_t = round(strength * self.num_train_steps)
         plan = EditPlan() if start_t == self.num_train_steps else \
-            EditPlan(clean=_as_tensor(sprite, self.device), start_t=start_t)
+            EditPlan(clean=sprite_tensor(sprite).to(self.device), start_t=start_t)
         steps = self._reverse_process(context_weights, num_inference_steps, sampler, add_noise, noise_scale,
                                       guidance_scale, self._generator(generator, seed), plan)
         return steps, sprite

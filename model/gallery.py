@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import make_grid, upscale
+from .images import make_grid, sprite_tensor, upscale
 from .pipeline import to_uint8
 from .schedule import NoiseSchedule
 
@@ -43,11 +43,6 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, frame_ms: int = 80
     return path
 
 
-def sprite_tensor(sprite: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1], the model's units."""
-    return torch.from_numpy(np.array(sprite, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1)
-
-
 def forward_noise(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     """The eps of the forward tab: one draw from ``seed``, the same at every t."""
     return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed))
@@ -58,7 +53,7 @@ def noisy_copies(sprite: np.ndarray, schedule: NoiseSchedule, timesteps: Sequenc
 
     Every copy uses the same eps (drawn from ``seed``), so moving t only changes the mix.
     """
-    clean = sprite_tensor(sprite)
+    clean = sprite_tensor(sprite)[0]
     noise = forward_noise(clean.shape, seed)
     t = torch.as_tensor(list(timesteps))
     return to_uint8(schedule.add_noise(clean.expand(len(t), -1, -1, -1), noise.expand(len(t), -1, -1, -1), t))

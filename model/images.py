@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from PIL import Image
+
+
+def sprite_tensor(sprite: np.ndarray) -> torch.Tensor:
+    """(R, R, 3) uint8 -> (1, 3, R, R) float in [-1, 1], the model's scale (training/sprite_data.py's)."""
+    return torch.from_numpy(np.array(sprite, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
 
 
 def make_grid(sprites: np.ndarray, ncols: int | None = None, padding: int = 1,

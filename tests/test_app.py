@@ -22,7 +22,8 @@ from PIL import Image
 import app
 import model.loading
 from model import SpritePipeline, build_unet, load_pipeline, make_scheduler, to_uint8
-from model.gallery import forward_noise, sprite_tensor
+from model.gallery import forward_noise
+from model.images import sprite_tensor
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
 FAST = dict(context="hero", weights="", num_inference_steps=8, sampler="DDPM", add_noise=True, noise_scale=1.0,
@@ -265,7 +266,7 @@ def test_the_networks_guess_on_the_forward_tab(sprites, monkeypatch):
     assert np.array_equal(np.asarray(shown_noise)[::16, ::16], to_uint8(noise[None] * 0.5)[0])
     assert "t = 250, told *food*" in caption and "RMS error of the predicted noise" in caption
     # the pictures are the pipeline's one-step guess on the tab's x_t
-    noisy = sprites.pipe.noise_schedule.add_noise(sprite_tensor(sprite)[None], noise[None], 250).float()
+    noisy = sprites.pipe.noise_schedule.add_noise(sprite_tensor(sprite), noise[None], 250).float()
     eps_hat, x0_hat = sprites.pipe.predict_at(noisy, 250, sprites.pipe.context_vector("food", 1))
     assert np.array_equal(np.asarray(guessed_noise)[::16, ::16], to_uint8(eps_hat * 0.5)[0])
     assert np.array_equal(np.asarray(guessed_clean)[::16, ::16], to_uint8(x0_hat)[0])

@@ -7,13 +7,12 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import NAMES
 from PIL import Image
 
 import app
 from model import SpritePipeline, build_unet, load_pipeline, make_scheduler
 from model.walk import MAX_STOPS, context_walk, walk_sprites, walk_weights
-
-NAMES = ["hero", "non-hero", "food", "spell", "item"]
 
 
 @pytest.fixture(scope="module")

@@ -76,19 +76,23 @@ SECOND_SET = ROOT / "data" / "nethack" / "sprites_nethack.npy"  # a set the reci
 SHORT = 0.2
 
 
-def second_set_arms() -> dict[str, dict[str, Any]]:
-    """The same recipe on the second dataset, when it is there; "-short" (by name only) gives it a budget sized
-    for its 760 sprites, where the full one memorised (docs/study.md)."""
+def second_set_arms(steps: float = 1.0, suffix: str = "") -> dict[str, dict[str, Any]]:
+    """The same recipe on the second dataset, when it is there, at ``steps`` of the budget."""
     if not SECOND_SET.is_file():
         return {}
     names_file = SECOND_SET.parent / "context_names.txt"
     names = ",".join(names_file.read_text().split()) if names_file.is_file() else None
     judge = ROOT / "training" / "judges" / SECOND_SET.parent.name
-    arms = {f"{SECOND_SET.parent.name}-{p}": arm(p, dataset=str(SECOND_SET), judge=judge, context_names=names)
+    return {f"{SECOND_SET.parent.name}-{p}{suffix}": arm(p, dataset=str(SECOND_SET), judge=judge,
+                                                         context_names=names, steps=steps)
             for p in ("small-g8", "medium1-g16")}
-    arms[f"{SECOND_SET.parent.name}-medium1-g16-short"] = arm("medium1-g16", dataset=str(SECOND_SET), judge=judge,
-                                                              context_names=names, steps=SHORT)
-    return arms
+
+
+def all_arms() -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """(every arm by name, the names a default run leaves out). The second set's "-short" arms get a budget sized
+    for its 760 sprites, where the full one memorised (docs/study.md); they run by name only."""
+    short = second_set_arms(SHORT, "-short")
+    return {**ARMS, **second_set_arms(), **EXTRA_ARMS, **short}, {*EXTRA_ARMS, *short}
 
 
 def train_command(name: str, spec: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -285,8 +289,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n{sampler.upper()} {steps}, guidance {guidance or 1:g}\n")
             print(study_table(studies, run_key(sampler, steps, guidance)))
         return
-    arms = {**ARMS, **second_set_arms(), **EXTRA_ARMS}
-    chosen = args.arms or [a for a in arms if a not in EXTRA_ARMS and not a.endswith("-short")]
+    arms, extra = all_arms()
+    chosen = args.arms or [a for a in arms if a not in extra]
     unknown = [a for a in chosen if a not in arms]
     if unknown:
         parser.exit(2, f"error: unknown arm(s) {unknown}; choose from {', '.join(arms)}\n")

@@ -128,21 +128,28 @@ class SpriteApp:
                 picked = weight_vector("weights", weights, names, MAX_WEIGHT)
             elif picked == UNCONDITIONAL:
                 picked = None
-            chosen_seed = (random.randint(0, MAX_SEED) if flag("randomize_seed", randomize_seed)
-                           else whole_number("Seed (seed)", seed, 0, MAX_SEED))
-            return dict(
-                context=picked,
-                num_inference_steps=whole_number("Steps (num_inference_steps)", num_inference_steps, 1,
-                                                 self.pipe.num_train_steps),
-                sampler=sampler_name("sampler", sampler),
-                add_noise=flag("add_noise", add_noise),
-                noise_scale=real_number("Noise scale (noise_scale)", noise_scale, 0.0, MAX_SCALE),
-                guidance_scale=real_number("Guidance scale (guidance_scale)", guidance_scale, 0.0, MAX_SCALE),
-                num_images=whole_number("Number of sprites (num_images)", num_images, 1, MAX_IMAGES),
-                seed=chosen_seed,
-            )
+            return dict(context=picked,
+                        **self.run_settings(num_inference_steps, sampler, add_noise, noise_scale, guidance_scale, seed,
+                                            randomize_seed),
+                        num_images=whole_number("Number of sprites (num_images)", num_images, 1, MAX_IMAGES))
         except InputError as err:
             raise invalid_input(str(err)) from None
+
+    def run_settings(self, num_inference_steps, sampler, add_noise, noise_scale, guidance_scale, seed,
+                     randomize_seed) -> dict:
+        """The checked values every sampling event shares (raises InputError): steps, sampler, noise, guidance and
+        the seed (a random one when asked)."""
+        chosen_seed = (random.randint(0, MAX_SEED) if flag("randomize_seed", randomize_seed)
+                       else whole_number("Seed (seed)", seed, 0, MAX_SEED))
+        return dict(
+            num_inference_steps=whole_number("Steps (num_inference_steps)", num_inference_steps, 1,
+                                             self.pipe.num_train_steps),
+            sampler=sampler_name("sampler", sampler),
+            add_noise=flag("add_noise", add_noise),
+            noise_scale=real_number("Noise scale (noise_scale)", noise_scale, 0.0, MAX_SCALE),
+            guidance_scale=real_number("Guidance scale (guidance_scale)", guidance_scale, 0.0, MAX_SCALE),
+            seed=chosen_seed,
+        )
 
     def generate(self, context: str = "hero", weights: str = "", num_inference_steps: int = DEFAULT_STEPS,
                  sampler: str = DEFAULT_SAMPLER, add_noise: bool = True, noise_scale: float = 1.0,
@@ -246,11 +253,9 @@ class SpriteApp:
                               choice("end", end, [*names, UNCONDITIONAL]))]
             stops = whole_number("Stops (stops)", stops, 2, MAX_STOPS)
             num_images = whole_number("Sprites per stop (num_images)", num_images, 1, MAX_WALK_SPRITES)
+            args = self.run_settings(num_inference_steps, sampler, True, 1.0, guidance_scale, seed, randomize_seed)
         except InputError as err:
             raise invalid_input(str(err)) from None
-        # The rest is checked as Generate checks it (the context there is a stand-in: the two ends are checked above).
-        args = self.settings(names[0], "", num_inference_steps, sampler, True, 1.0, guidance_scale, num_images, seed,
-                             randomize_seed)
         n = args["num_inference_steps"]
         sampling = {k: args[k] for k in ("num_inference_steps", "sampler", "guidance_scale")}
         columns, labels = [], []

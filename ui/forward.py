@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from model import SpritePipeline, to_uint8, upscale
-from model.gallery import forward_noise, noisy_copies, sprite_tensor
+from model.gallery import forward_noise, noisy_copies
+from model.images import sprite_tensor
 
 STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
 NOISE_CONTRAST = 0.5  # noise is shown at half contrast: -2 to 2 (95% of a Gaussian's draws) spans black to white
@@ -34,7 +35,7 @@ def network_guess(pipe: SpritePipeline, clean: np.ndarray, t: int,
     with how far off eps_hat is). ``context``: the name the network is told, or None (unconditional)."""
     if t == 0:
         return None, None, None, "At t = 0 there is no noise to find: move t up."
-    x0 = sprite_tensor(clean)[None]
+    x0 = sprite_tensor(clean)
     noise = forward_noise(x0.shape[1:])[None]
     noisy = pipe.noise_schedule.add_noise(x0, noise, t).float()
     weights = pipe.context_vector(context, 1)
