@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from accelerate import Accelerator
@@ -74,7 +75,23 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: int = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    """Run to the end; on a hang, fail with every process's Python stack (faulthandler on SIGABRT)."""
+    proc = subprocess.Popen(cmd, env={**env, "PYTHONFAULTHANDLER": "1"}, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # torchrun starts its workers in sessions of their own, so they are found as children, not by group.
+        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for member in family:  # each prints where it is stuck, then goes
+            member.send_signal(signal.SIGABRT)
+        psutil.wait_procs(family, timeout=5)
+        for member in family:
+            if member.is_running():
+                member.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd[-8:])}\n--- stderr, last part ---\n{err[-8000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def launch(config: str, *args: str) -> list[str]:

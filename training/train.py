@@ -386,6 +386,10 @@ def train(args: argparse.Namespace) -> int:
         logger.info(f"trained to step {global_step}: {summary['images per second']} images/s")
         code = save_outputs(accelerator, unet, ema, names, args, global_step, final=True, summary=summary,
                             history=history)
+    # The other ranks wait for the export here, so that all of them tear the process group down together:
+    # a rank destroying it while the main process is still busy can hang (pytorch/pytorch#75097), and did,
+    # once in CI, with two CPU processes over gloo.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return code
 
