@@ -230,6 +230,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                              min_width=120, buttons=[])
                     for name, label in labels.items()]
             guess_note = gr.Markdown("Pick a sprite or upload an image.", label="What the network got right")
+            guess_curves = gr.Plot(label="The same guess at every t: this sprite, the same ε", elem_id="guess-plot")
             schedule = gr.Plot(events.schedule_plot(250), label="The noise schedule", elem_id="schedule-plot")
 
         with gr.Tab("Redraw"):
@@ -285,6 +286,11 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
             changed.change(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_visibility="private",
                            concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
         demo.load(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_visibility="private",
+                  concurrency_limit=4, show_progress="hidden", preprocess=False)
+        for changed in (t_slider, sprite, told):  # the curves are kept per sprite and context: t only moves the marker
+            changed.change(gpu(events.guess_plot), [sprite, t_slider, told], guess_curves, api_visibility="private",
+                           concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+        demo.load(gpu(events.guess_plot), [sprite, t_slider, told], guess_curves, api_visibility="private",
                   concurrency_limit=4, show_progress="hidden", preprocess=False)
         events.offline_api_examples(demo)
         if events.examples is not None:

@@ -240,11 +240,14 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         return predicted_noise, predicted_clean
 
     @torch.inference_mode()
-    def predict_at(self, noisy: torch.Tensor, t: int, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One U-Net call on x_t at course step t (1..T), no guidance: (predicted noise, predicted clean x0_hat).
-        What the network makes of a noisy sprite in one go (the forward tab, training/denoise_probe.py)."""
-        alpha_bar = self.noise_schedule.alpha_bar[t].float()
-        output = self.predict_noise(noisy, torch.tensor(float(unet_timestep(t)), device=self.device), context)
+    def predict_at(self, noisy: torch.Tensor, t: int | torch.Tensor,
+                   context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One U-Net call on x_t at course step t (1..T; one for all rows, or one per row), no guidance:
+        (predicted noise, predicted clean x0_hat). What the network makes of a noisy sprite in one go (the
+        forward tab, training/denoise_probe.py)."""
+        t = torch.as_tensor(t)
+        alpha_bar = self.noise_schedule.alpha_bar[t].float().reshape(-1, 1, 1, 1).to(noisy.device)
+        output = self.predict_noise(noisy, unet_timestep(t).to(self.device, torch.float32), context)
         return self.noise_and_clean(noisy, output, alpha_bar.sqrt(), (1 - alpha_bar).sqrt())
 
     def denoise_step(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,

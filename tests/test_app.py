@@ -17,6 +17,7 @@ import pytest
 import torch
 from gradio import route_utils
 from gradio_client import Client, handle_file
+from matplotlib.figure import Figure
 from PIL import Image
 
 import app
@@ -24,6 +25,7 @@ import model.loading
 from model import SpritePipeline, build_unet, load_pipeline, make_scheduler, to_uint8
 from model.gallery import forward_noise
 from model.images import sprite_tensor
+from ui.forward import guess_by_step
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
 FAST = dict(context="hero", weights="", num_inference_steps=8, sampler="DDPM", add_noise=True, noise_scale=1.0,
@@ -291,6 +293,41 @@ def test_the_networks_guess_on_the_forward_tab(sprites, monkeypatch):
         sprites.predict(sprite, 100, "dragon")
     with pytest.raises(gr.Error, match="t must be"):
         sprites.predict(sprite, 501)
+
+
+def test_the_guess_at_every_t_is_one_call_per_sprite_and_context(sprites, monkeypatch):
+    sprite = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    # the curve's point at t is the guess the caption above it reports at t (the same eps, the same network)
+    curves = guess_by_step(sprites.pipe, sprite, "food")
+    assert curves["t"][0] == 1 and curves["t"][-1] == 500 and np.all(np.diff(curves["t"]) > 0)
+    caption = sprites.predict(sprite, int(curves["t"][5]), "food")[3]
+    assert f"**{curves['noise_rmse'][5]:.2f}**" in caption and f"**{curves['clean_close'][5]:.0%}**" in caption
+
+    noise = forward_noise((3, 16, 16))
+    calls = []
+
+    def oracle(sample, timestep, context):  # finds the noise exactly: every t gives the sprite back
+        calls.append((timestep.tolist(), context.tolist()))
+        return noise[None].expand_as(sample).to(sample.dtype)
+
+    monkeypatch.setattr(sprites.pipe, "predict_noise", oracle)
+    sprites.guess_curves.cache.clear()
+    figure = sprites.guess_plot(sprite, 250, "unconditional")
+    assert isinstance(figure, Figure)
+    (timesteps, contexts), = calls  # one U-Net call, a row per t (the UNet's t - 1), no context told
+    assert timesteps == [float(t - 1) for t in curves["t"]] and contexts == [[0.0] * 5] * len(curves["t"])
+    noise_axes, clean_axes = figure.axes
+    assert np.allclose(noise_axes.lines[0].get_ydata(), 0, atol=1e-5)
+    assert np.array_equal(clean_axes.lines[0].get_ydata(), np.ones(len(curves["t"])))
+    assert noise_axes.lines[-1].get_xdata()[0] == 250  # the marker at the tab's t
+
+    sprites.guess_plot(sprite, 400, "unconditional")  # moving t: the marker only
+    assert len(calls) == 1
+    sprites.guess_plot(sprite, 400, "food")  # another context: a new curve
+    assert len(calls) == 2 and calls[1][1][0] == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert sprites.guess_plot(None, 100) is None
+    with pytest.raises(gr.Error, match="t must be"):
+        sprites.guess_plot(sprite, -1)
 
 
 def test_uploads_that_are_not_sprites_get_one_plain_message(sprites, tmp_path):

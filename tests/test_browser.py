@@ -1,6 +1,6 @@
 """A real browser uses the page: pick a context, generate, switch noise re-adding off, compare, compare
-samplers, walk from hero to food, move the forward tab's timestep (the schedule plot's marker and the network's
-guess follow), redraw a dataset sprite and repaint a brushed stroke of it.
+samplers, walk from hero to food, move the forward tab's timestep (the schedule plot's marker, the network's
+guess and its curves over t follow), redraw a dataset sprite and repaint a brushed stroke of it.
 
 Runs Debian's chromium through PyPI's playwright (never `playwright install`, which downloads
 a browser). Takes the docs' screenshots (into a temporary folder; with SAVE_SCREENSHOTS=1 into
@@ -10,6 +10,8 @@ server. Outside CI it skips when chromium or playwright is missing; in CI (CI=tr
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -90,6 +92,26 @@ def wait_for_image(page, selector: str) -> None:
     }""", arg=selector, timeout=TIMEOUT_MS)
 
 
+@contextmanager
+def evidence_on_failure(page, folder: Path) -> Iterator[None]:
+    """A failing step leaves evidence: a screenshot, the end of the page's text and the browser console's
+    errors and warnings, in the failure message (CI keeps only the log)."""
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda error: console.append(f"page error: {error}"))
+    try:
+        yield
+    except Exception as err:
+        shot = folder / "failure.png"
+        try:
+            page.screenshot(path=shot, full_page=True)
+            text = page.locator("body").inner_text(timeout=5_000)[-3000:]
+        except Exception as second:  # the page itself may be gone
+            text = f"(page unreadable: {second})"
+        raise AssertionError(f"{err}\n--- screenshot: {shot}\n--- the page's text, its end ---\n{text}\n"
+                             f"--- console ---\n" + "\n".join(console[-30:])) from err
+
+
 def test_page_generates_sprites_without_outside_requests(sync_playwright, url, tmp_path):
     # a test run leaves the tracked screenshots alone (their timings text differs every run)
     screenshots = README_SCREENSHOTS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
@@ -99,101 +121,104 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("request", lambda request: requested.append(request.url))
-            page.goto(url)
-            generate = page.get_by_role("button", name="Generate", exact=True)
-            generate.wait_for(timeout=TIMEOUT_MS)
+            with evidence_on_failure(page, tmp_path):
+                page.on("request", lambda request: requested.append(request.url))
+                page.goto(url)
+                generate = page.get_by_role("button", name="Generate", exact=True)
+                generate.wait_for(timeout=TIMEOUT_MS)
 
-            page.get_by_label("hero", exact=True).check()
-            page.get_by_label("Randomise seed").uncheck()
-            page.get_by_label("Seed", exact=True).fill("3")
-            generate.click()
-            wait_for_new_final(page, None)
-            assert "steps/s" in page.locator("body").inner_text()
-            page.screenshot(path=screenshots / "generate.png", full_page=True)
+                page.get_by_label("hero", exact=True).check()
+                page.get_by_label("Randomise seed").uncheck()
+                page.get_by_label("Seed", exact=True).fill("3")
+                generate.click()
+                wait_for_new_final(page, None)
+                assert "steps/s" in page.locator("body").inner_text()
+                page.screenshot(path=screenshots / "generate.png", full_page=True)
 
-            page.get_by_label("DDPM", exact=True).check()  # the collapse needs DDPM: DDIM re-adds no noise
-            page.get_by_label("Re-add noise (s3·z)").uncheck()
-            with_noise = final_src(page)
-            generate.click()
-            wait_for_new_final(page, with_noise)
-            page.screenshot(path=screenshots / "noise-off.png", full_page=True)
+                page.get_by_label("DDPM", exact=True).check()  # the collapse needs DDPM: DDIM re-adds no noise
+                page.get_by_label("Re-add noise (s3·z)").uncheck()
+                with_noise = final_src(page)
+                generate.click()
+                wait_for_new_final(page, with_noise)
+                page.screenshot(path=screenshots / "noise-off.png", full_page=True)
 
-            page.get_by_text("Compare: noise re-adding on vs off").first.click()  # the accordion
-            page.get_by_label("number input for DDPM steps").fill("20")  # quicker than its 100 in a test
-            page.get_by_role("button", name="Compare: noise re-adding on vs off", exact=True).click()
-            page.get_by_text("Same seed (3), same 20 DDPM steps").wait_for(timeout=TIMEOUT_MS)
-            page.screenshot(path=screenshots / "compare.png", full_page=True)
+                page.get_by_text("Compare: noise re-adding on vs off").first.click()  # the accordion
+                page.get_by_label("number input for DDPM steps").fill("20")  # quicker than its 100 in a test
+                page.get_by_role("button", name="Compare: noise re-adding on vs off", exact=True).click()
+                page.get_by_text("Same seed (3), same 20 DDPM steps").wait_for(timeout=TIMEOUT_MS)
+                page.screenshot(path=screenshots / "compare.png", full_page=True)
 
-            page.get_by_text("Compare samplers").first.click()  # the accordion
-            page.get_by_role("button", name="Compare samplers", exact=True).click()
-            comparison = page.locator("#sampler-comparison")
-            comparison.get_by_text("Euler ancestral:").wait_for(timeout=TIMEOUT_MS)
-            captions = comparison.inner_text()
-            for label in app.COMPARED_SAMPLERS:  # each with its time
-                assert re.search(re.escape(label) + rf": {app.DEFAULT_STEPS} steps, [0-9.]+ s", captions), captions
-            for item in comparison.locator(".thumbnail-item").all():  # each caption under its grid, not over it
-                picture, caption = item.locator("img").bounding_box(), item.locator(".caption-label").bounding_box()
-                assert caption["y"] >= picture["y"] + picture["height"] - 1, (picture, caption)
-            page.screenshot(path=screenshots / "compare-samplers.png", full_page=True)
+                page.get_by_text("Compare samplers").first.click()  # the accordion
+                page.get_by_role("button", name="Compare samplers", exact=True).click()
+                comparison = page.locator("#sampler-comparison")
+                comparison.get_by_text("Euler ancestral:").wait_for(timeout=TIMEOUT_MS)
+                captions = comparison.inner_text()
+                for label in app.COMPARED_SAMPLERS:  # each with its time
+                    assert re.search(re.escape(label) + rf": {app.DEFAULT_STEPS} steps, [0-9.]+ s", captions), captions
+                for item in comparison.locator(".thumbnail-item").all():  # each caption under its grid, not over it
+                    picture, caption = item.locator("img").bounding_box(), item.locator(".caption-label").bounding_box()
+                    assert caption["y"] >= picture["y"] + picture["height"] - 1, (picture, caption)
+                page.screenshot(path=screenshots / "compare-samplers.png", full_page=True)
 
-            page.get_by_role("radio", name=app.DEFAULT_SAMPLER, exact=True).check()  # back to the default sampler
-            page.get_by_text("Walk from one context to another").first.click()  # the accordion: hero to food
-            page.get_by_role("button", name="Walk", exact=True).click()
-            page.get_by_text("[0, 0, 1, 0, 0]").wait_for(timeout=TIMEOUT_MS)  # the last stop's weights: all done
-            wait_for_image(page, "#context-walk")
-            page.locator("#walk-group").first.screenshot(path=screenshots / "walk.png")  # the walk and its caption
+                page.get_by_role("radio", name=app.DEFAULT_SAMPLER, exact=True).check()  # back to the default sampler
+                page.get_by_text("Walk from one context to another").first.click()  # the accordion: hero to food
+                page.get_by_role("button", name="Walk", exact=True).click()
+                page.get_by_text("[0, 0, 1, 0, 0]").wait_for(timeout=TIMEOUT_MS)  # the last stop's weights: all done
+                wait_for_image(page, "#context-walk")
+                page.locator("#walk-group").first.screenshot(path=screenshots / "walk.png")  # the walk and its caption
 
-            page.get_by_role("tab", name="Forward process").click()
-            page.get_by_text("The same sprite at t = 0, 100, 250, 500").wait_for()
-            plot = page.locator("#schedule-plot img")
-            plot.wait_for(timeout=TIMEOUT_MS)
-            at_250 = plot.get_attribute("src")
-            box = page.get_by_label("number input for Timestep t")
-            box.fill("400")
-            box.press("Enter")  # the marker follows the slider: the plot is redrawn at t = 400
-            page.wait_for_function("""old => {
-                const img = document.querySelector('#schedule-plot img');
-                return img && img.getAttribute('src') !== old;
-            }""", arg=at_250, timeout=TIMEOUT_MS)
-            page.get_by_text("One U-Net call at t = 400").wait_for(timeout=TIMEOUT_MS)  # the network's guess follows
-            wait_for_image(page, "#predicted-clean")
-            page.wait_for_timeout(500)
-            page.screenshot(path=screenshots / "forward.png", full_page=True)
+                page.get_by_role("tab", name="Forward process").click()
+                page.get_by_text("The same sprite at t = 0, 100, 250, 500").wait_for()
+                plot = page.locator("#schedule-plot img")
+                plot.wait_for(timeout=TIMEOUT_MS)
+                at_250 = plot.get_attribute("src")
+                box = page.get_by_label("number input for Timestep t")
+                box.fill("400")
+                box.press("Enter")  # the marker follows the slider: the plot is redrawn at t = 400
+                page.wait_for_function("""old => {
+                    const img = document.querySelector('#schedule-plot img');
+                    return img && img.getAttribute('src') !== old;
+                }""", arg=at_250, timeout=TIMEOUT_MS)
+                # the network's guess follows
+                page.get_by_text("One U-Net call at t = 400").wait_for(timeout=TIMEOUT_MS)
+                wait_for_image(page, "#predicted-clean")
+                wait_for_image(page, "#guess-plot")  # the same guess at every t, marked at 400
+                page.wait_for_timeout(500)
+                page.screenshot(path=screenshots / "forward.png", full_page=True)
 
-            page.get_by_role("tab", name="Redraw").click()
-            upload = tmp_path / "my-sprite.png"  # a sprite of one's own, uploaded, at 4x its size
-            sprite = np.zeros((16, 16, 3), np.uint8) + 255
-            sprite[3:13, 5:11] = (200, 40, 40)  # a red figure with a dark head on white
-            sprite[1:4, 6:10] = (40, 30, 30)
-            Image.fromarray(sprite).resize((64, 64), Image.NEAREST).save(upload)
-            page.locator("#redraw-sprite input[type=file]").set_input_files(str(upload))
-            wait_for_image(page, "#redraw-start")  # the forward-noised starting point of the upload
-            box = page.get_by_label("number input for Strength")
-            box.fill("0.6")
-            box.press("Enter")
-            page.get_by_text("round(0.6 × 500) = 300").wait_for(timeout=TIMEOUT_MS)  # the starting point follows
-            page.get_by_role("button", name="Redraw", exact=True).click()
-            wait_for_image(page, "#redraw-grid")
-            assert "variations at strength 0.6" in page.locator("body").inner_text()
-            page.screenshot(path=screenshots / "redraw.png", full_page=True)
+                page.get_by_role("tab", name="Redraw").click()
+                upload = tmp_path / "my-sprite.png"  # a sprite of one's own, uploaded, at 4x its size
+                sprite = np.zeros((16, 16, 3), np.uint8) + 255
+                sprite[3:13, 5:11] = (200, 40, 40)  # a red figure with a dark head on white
+                sprite[1:4, 6:10] = (40, 30, 30)
+                Image.fromarray(sprite).resize((64, 64), Image.NEAREST).save(upload)
+                page.locator("#redraw-sprite input[type=file]").set_input_files(str(upload))
+                wait_for_image(page, "#redraw-start")  # the forward-noised starting point of the upload
+                box = page.get_by_label("number input for Strength")
+                box.fill("0.6")
+                box.press("Enter")
+                page.get_by_text("round(0.6 × 500) = 300").wait_for(timeout=TIMEOUT_MS)  # the starting point follows
+                page.get_by_role("button", name="Redraw", exact=True).click()
+                wait_for_image(page, "#redraw-grid")
+                assert "variations at strength 0.6" in page.locator("body").inner_text()
+                page.screenshot(path=screenshots / "redraw.png", full_page=True)
 
-            editor = page.locator("#repaint-mask")
-            editor.get_by_role("button", name="Brush").first.click()
-            canvas = editor.locator("canvas").first.bounding_box()
-            x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] * 0.3
-            page.mouse.move(x - 40, y)  # a short stroke across the upper part of the sprite
-            page.mouse.down()
-            page.mouse.move(x + 40, y, steps=8)
-            page.mouse.up()
-            page.get_by_role("button", name="Repaint the masked pixels").click()
-            wait_for_image(page, "#repaint-grid")
-            assert re.search(r"8 repaints of \d+ pixels", page.locator("body").inner_text())
-            page.screenshot(path=screenshots / "repaint.png", full_page=True)
+                editor = page.locator("#repaint-mask")
+                editor.get_by_role("button", name="Brush").first.click()
+                canvas = editor.locator("canvas").first.bounding_box()
+                x, y = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] * 0.3
+                page.mouse.move(x - 40, y)  # a short stroke across the upper part of the sprite
+                page.mouse.down()
+                page.mouse.move(x + 40, y, steps=8)
+                page.mouse.up()
+                page.get_by_role("button", name="Repaint the masked pixels").click()
+                wait_for_image(page, "#repaint-grid")
+                assert re.search(r"8 repaints of \d+ pixels", page.locator("body").inner_text())
+                page.screenshot(path=screenshots / "repaint.png", full_page=True)
 
-            page.get_by_role("tab", name="About").click()
-            page.get_by_text("What the \"re-add noise\" toggle shows").wait_for()
-            page.screenshot(path=screenshots / "about.png", full_page=True)
+                page.get_by_role("tab", name="About").click()
+                page.get_by_text("What the \"re-add noise\" toggle shows").wait_for()
+                page.screenshot(path=screenshots / "about.png", full_page=True)
         finally:
             browser.close()
 
@@ -224,29 +249,31 @@ def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd)
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.goto(url)
-                page.locator("#warm-up").get_by_text("Warming up").wait_for(timeout=TIMEOUT_MS)
-                # the page ticks "Randomise seed" on load (the API's default stays False)
-                expect(page.get_by_label("Randomise seed").first).to_be_checked(timeout=TIMEOUT_MS)
-                page.get_by_role("button", name="Generate", exact=True).click()
-                wait_for_image(page, "#live-samples")  # sampling has started, and runs during the warm-up
-                for selector in ("#run-buttons button >> nth=0", "#live-samples img", "#live-predicted img"):
-                    box = page.locator(selector).bounding_box()
-                    assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800, (selector, box)
-                    assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, (selector, box)
-                page.screenshot(path=screenshots / "laptop-warm-up.png")
-                pipe.compiling = False
-                page.locator("#warm-up").get_by_text("Warming up").wait_for(state="hidden", timeout=TIMEOUT_MS)
+                with evidence_on_failure(page, tmp_path):
+                    page.goto(url)
+                    page.locator("#warm-up").get_by_text("Warming up").wait_for(timeout=TIMEOUT_MS)
+                    # the page ticks "Randomise seed" on load (the API's default stays False)
+                    expect(page.get_by_label("Randomise seed").first).to_be_checked(timeout=TIMEOUT_MS)
+                    page.get_by_role("button", name="Generate", exact=True).click()
+                    wait_for_image(page, "#live-samples")  # sampling has started, and runs during the warm-up
+                    for selector in ("#run-buttons button >> nth=0", "#live-samples img", "#live-predicted img"):
+                        box = page.locator(selector).bounding_box()
+                        assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800, (selector, box)
+                        assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, (selector, box)
+                    page.screenshot(path=screenshots / "laptop-warm-up.png")
+                    pipe.compiling = False
+                    page.locator("#warm-up").get_by_text("Warming up").wait_for(state="hidden", timeout=TIMEOUT_MS)
 
-                page.get_by_role("tab", name="Forward process").click()
-                upload = page.locator("#forward-sprite input[type=file]")
-                for path, message, name in ((fake, "not an image", "upload-not-an-image"),
-                                            (huge, "image too large", "upload-too-large")):
-                    page.locator("#forward-sprite").get_by_role("button", name=re.compile("clear|remove", re.I)).click()
-                    upload.set_input_files(str(path))
-                    page.get_by_text(message).first.wait_for(timeout=TIMEOUT_MS)
-                    page.screenshot(path=screenshots / f"{name}.png")
-                    assert str(tmp_path) not in page.locator("body").inner_text()
+                    page.get_by_role("tab", name="Forward process").click()
+                    upload = page.locator("#forward-sprite input[type=file]")
+                    clear = page.locator("#forward-sprite").get_by_role("button", name=re.compile("clear|remove", re.I))
+                    for path, message, name in ((fake, "not an image", "upload-not-an-image"),
+                                                (huge, "image too large", "upload-too-large")):
+                        clear.click()
+                        upload.set_input_files(str(path))
+                        page.get_by_text(message).first.wait_for(timeout=TIMEOUT_MS)
+                        page.screenshot(path=screenshots / f"{name}.png")
+                        assert str(tmp_path) not in page.locator("body").inner_text()
             finally:
                 browser.close()
     finally:
@@ -254,39 +281,40 @@ def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd)
     assert "Traceback" not in capfd.readouterr().err  # a visitor's bad upload is not a server fault
 
 
-def test_number_boxes_send_what_they_show(sync_playwright, url):
+def test_number_boxes_send_what_they_show(sync_playwright, url, tmp_path):
     """An emptied Steps, Guidance or Seed box is an error naming the box (gradio's slider put its minimum back,
     so a cleared Steps ran 1 step), and a seed typed as 1e9 is shown, run and reported as 1000000000."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(url)
-            generate = page.get_by_role("button", name="Generate", exact=True)
-            generate.wait_for(timeout=TIMEOUT_MS)
-            page.get_by_label("Randomise seed").uncheck()
-            seed = page.get_by_label("Seed", exact=True)
-            boxes = ((page.get_by_label("number input for Steps"), "Steps (num_inference_steps)"),
-                     (page.get_by_label("number input for Guidance scale"), "Guidance scale (guidance_scale)"),
-                     (seed, "Seed (seed)"))
-            for box, words in boxes:
-                before = box.input_value()
-                box.fill("")
-                generate.click()  # the click takes the focus: the box's blur comes first
-                page.get_by_text(f"{words} must be").first.wait_for(timeout=TIMEOUT_MS)
-                assert "got nothing (an empty box)" in page.locator("body").inner_text()
-                assert box.input_value() == ""  # still empty, not the slider's minimum
-                box.fill(before)
-                box.press("Tab")
-                for close in page.get_by_label("Close").all():  # the error toasts
-                    close.click()
-            seed.fill("1e9")
-            seed.press("Tab")
-            assert seed.input_value() == "1000000000"
-            old = final_src(page)
-            generate.click()
-            wait_for_new_final(page, old)
-            assert "seed 1000000000" in page.locator("body").inner_text()
-            assert seed.input_value() == "1000000000"
+            with evidence_on_failure(page, tmp_path):
+                page.goto(url)
+                generate = page.get_by_role("button", name="Generate", exact=True)
+                generate.wait_for(timeout=TIMEOUT_MS)
+                page.get_by_label("Randomise seed").uncheck()
+                seed = page.get_by_label("Seed", exact=True)
+                boxes = ((page.get_by_label("number input for Steps"), "Steps (num_inference_steps)"),
+                         (page.get_by_label("number input for Guidance scale"), "Guidance scale (guidance_scale)"),
+                         (seed, "Seed (seed)"))
+                for box, words in boxes:
+                    before = box.input_value()
+                    box.fill("")
+                    generate.click()  # the click takes the focus: the box's blur comes first
+                    page.get_by_text(f"{words} must be").first.wait_for(timeout=TIMEOUT_MS)
+                    assert "got nothing (an empty box)" in page.locator("body").inner_text()
+                    assert box.input_value() == ""  # still empty, not the slider's minimum
+                    box.fill(before)
+                    box.press("Tab")
+                    for close in page.get_by_label("Close").all():  # the error toasts
+                        close.click()
+                seed.fill("1e9")
+                seed.press("Tab")
+                assert seed.input_value() == "1000000000"
+                old = final_src(page)
+                generate.click()
+                wait_for_new_final(page, old)
+                assert "seed 1000000000" in page.locator("body").inner_text()
+                assert seed.input_value() == "1000000000"
         finally:
             browser.close()

@@ -43,3 +43,18 @@ def test_samples_land_in_the_requested_context_more_often_than_chance():
     chance = 1 / len(names)
     # 50 samples: at chance (0.2) the probability of scoring 0.5 or more is below 1e-5.
     assert accuracy >= 0.5, f"context accuracy {accuracy:.2f} against chance {chance:.2f}"
+
+
+def test_the_bundled_models_guess_is_faint_noise_hard_and_the_sprite_easy_at_small_t():
+    """The forward tab's curve on a real sprite: at t = 1 the noise is faint and hard to find, but x0_hat is
+    nearly the sprite; at t = 500 the noise guess is good and x0_hat has to be invented."""
+    from training.sprite_data import default_sprites
+    from ui.forward import guess_by_step
+
+    pipe = load_pipeline(DEFAULT_MODEL_DIR)
+    images, labels, names = default_sprites(16)
+    picked = np.linspace(0, len(images) - 1, 8).astype(int)  # eight sprites across the set
+    curves = [guess_by_step(pipe, images[i], names[int(labels[i].argmax())]) for i in picked]
+    noise_rmse, clean_close = (np.mean([c[key] for c in curves], axis=0) for key in ("noise_rmse", "clean_close"))
+    assert noise_rmse[0] > 2 * noise_rmse[-1]  # t = 1 against t = 500
+    assert clean_close[0] > 0.9 > clean_close[-1]

@@ -22,7 +22,7 @@ from model.gallery import display_grid, save_gif, save_sheet
 from model.inputs import InputError, choice, flag, real_number, weight_vector, whole_number
 from model.walk import MAX_STOPS, context_walk, walk_sprites
 from ui.figures import schedule_figure
-from ui.forward import forward_view, network_guess
+from ui.forward import GuessCurves, forward_view, network_guess
 
 try:  # the bundled sprites for the forward-process tab; without them, uploads still work
     from training.sprite_data import default_sprites
@@ -117,6 +117,7 @@ class SpriteApp:
         self.examples, self.example_captions = _example_sprites(pipe.unet.config.sample_size)
         # Sampling requests run at once when the pipeline batches them (model/batching.py), else one at a time.
         self.sampling_limit = SAMPLING_IN_FLIGHT if pipe.batcher is not None else 1
+        self.guess_curves = GuessCurves(pipe)
 
     def settings(self, context, weights, num_inference_steps, sampler, add_noise, noise_scale, guidance_scale,
                  num_images, seed, randomize_seed) -> dict:
@@ -287,15 +288,25 @@ class SpriteApp:
     def predict(self, sprite: np.ndarray | dict | str | None, t: int = 250, context: str = UNCONDITIONAL):
         """What the network makes of the forward tab's x_t: (noise eps, predicted eps_hat, predicted x0_hat,
         caption). One U-Net call, no guidance."""
+        clean, t, told = self.guess_request(sprite, t, context)
+        if clean is None:
+            return None, None, None, "Pick a sprite or upload an image."
+        return network_guess(self.pipe, clean, t, told)
+
+    def guess_plot(self, sprite: np.ndarray | dict | str | None, t: int = 250, context: str = UNCONDITIONAL):
+        """The same guess at every t (one U-Net call per sprite and context), marked at the tab's t."""
+        clean, t, told = self.guess_request(sprite, t, context)
+        return None if clean is None else self.guess_curves.figure(clean, t, told)
+
+    def guess_request(self, sprite, t, context) -> tuple[np.ndarray | None, int, str | None]:
+        """The forward tab's checked (sprite or None, t, context name or None for unconditional)."""
         try:
             t = whole_number("t", t, 0, self.pipe.num_train_steps)
             picked = choice("context", context, [*self.pipe.context_names, UNCONDITIONAL])
         except InputError as err:
             raise invalid_input(str(err)) from None
         picture = read_upload(sprite)
-        if picture is None:
-            return None, None, None, "Pick a sprite or upload an image."
-        return network_guess(self.pipe, self.as_sprite(picture), t, None if picked == UNCONDITIONAL else picked)
+        return (None if picture is None else self.as_sprite(picture)), t, (None if picked == UNCONDITIONAL else picked)
 
     def example_context(self, evt: gr.SelectData) -> str:
         """A click on a dataset sprite tells the network that sprite's own context."""

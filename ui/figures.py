@@ -1,4 +1,5 @@
-"""Figures the page draws: the noise schedule, with a marker at the forward tab's timestep."""
+"""Figures the page draws: the noise schedule and the network's guesses across t, each with a marker at the
+forward tab's timestep."""
 
 from __future__ import annotations
 
@@ -38,5 +39,25 @@ def schedule_figure(schedule: NoiseSchedule, t: int) -> Figure:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("t", fontsize=9)
         ax.set_xlim(0, schedule.num_steps)
+        ax.grid(alpha=0.3)
+    return figure
+
+
+def guess_figure(curves: dict[str, np.ndarray], t: int, num_steps: int, close_levels: int) -> Figure:
+    """ui/forward.py's guess_by_step for one sprite: the noise guess's RMS error (left) and the share of x0_hat
+    within close_levels (right) against t, each with a marker at t."""
+    figure = Figure(figsize=(7.5, 2.6), dpi=90, layout="constrained")
+    noise, clean = figure.subplots(1, 2)
+    noise.plot(curves["t"], curves["noise_rmse"], marker=".", color="tab:red")
+    noise.axhline(1, color="grey", linewidth=0.8)
+    noise.set_ylim(0, max(1.05, float(curves["noise_rmse"].max()) * 1.05))
+    noise.set_title("RMS error of the noise guess ε̂ (1: guessing no noise)", fontsize=9)
+    clean.plot(curves["t"], curves["clean_close"], marker=".", color="tab:blue")
+    clean.set_ylim(0, 1.02)
+    clean.set_title(f"share of x̂₀ within {close_levels} levels of x₀", fontsize=9)
+    for ax in (noise, clean):
+        ax.axvline(t, color="black", linewidth=1.2, linestyle="--")
+        ax.set_xlabel("t", fontsize=9)
+        ax.set_xlim(0, num_steps)
         ax.grid(alpha=0.3)
     return figure

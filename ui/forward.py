@@ -6,6 +6,10 @@ predicts and the clean sprite that prediction implies, x0_hat = (x_t - sqrt(1 - 
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import torch
 from PIL import Image
@@ -13,10 +17,13 @@ from PIL import Image
 from model import SpritePipeline, to_uint8, upscale
 from model.gallery import forward_noise, noisy_copies
 from model.images import sprite_tensor
+from ui.figures import guess_figure
 
 STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
 NOISE_CONTRAST = 0.5  # noise is shown at half contrast: -2 to 2 (95% of a Gaussian's draws) spans black to white
 SPRITE_SCALE, STRIP_SCALE = 16, 8  # whole enlargements: every sprite pixel stays a sharp square
+CLOSE_LEVELS = 8  # x0_hat pixels within this many 8-bit levels of x0 count as right (about what an eye tells apart)
+CURVE_POINTS = 26  # the guess at every t: t = 1, 21, 41, ..., 501 clipped to T; one U-Net call of this many rows
 
 
 def forward_view(pipe: SpritePipeline, clean: np.ndarray, t: int) -> tuple[Image.Image, list, str]:
@@ -43,12 +50,13 @@ def network_guess(pipe: SpritePipeline, clean: np.ndarray, t: int,
     predicted_noise, predicted_clean = predicted_noise.cpu(), predicted_clean.cpu()
     error = float((predicted_noise - noise).pow(2).mean().sqrt())
     guessed, real = to_uint8(predicted_clean.clamp(-1, 1))[0], to_uint8(x0)[0]
-    close = float((np.abs(guessed.astype(int) - real.astype(int)) <= 8).all(-1).mean())
+    close = float(close_share(guessed[None], real)[0])
     told = f"told *{context}*" if context else "told no context"
     ab = float(pipe.noise_schedule.alpha_bar[t])
     caption = (f"One U-Net call at t = {t}, {told}. RMS error of the predicted noise: **{error:.2f}** (guessing no "
                f"noise at all scores 1.00). At this t an error in ε̂ shows {((1 - ab) / ab) ** 0.5:.2f} times as "
-               f"large in x̂₀ (√(1 − ᾱ) / √ᾱ), which is within 8 levels of x₀ at **{close:.0%}** of its pixels. "
+               f"large in x̂₀ (√(1 − ᾱ) / √ᾱ), which is within {CLOSE_LEVELS} levels of x₀ at **{close:.0%}** of its "
+               "pixels. "
                "Noise is shown at half contrast (-2 is black, +2 white).")
 
     def picture(x: torch.Tensor) -> Image.Image:
@@ -56,3 +64,47 @@ def network_guess(pipe: SpritePipeline, clean: np.ndarray, t: int,
 
     return (picture(noise * NOISE_CONTRAST), picture(predicted_noise * NOISE_CONTRAST),
             picture(predicted_clean.clamp(-1, 1)), caption)
+
+
+def close_share(guessed: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Per sprite of (N, H, W, 3) uint8 guesses: the share of pixels within CLOSE_LEVELS of ``real`` in every
+    channel."""
+    return (np.abs(guessed.astype(int) - real.astype(int)) <= CLOSE_LEVELS).all(-1).mean(axis=(1, 2))
+
+
+def guess_by_step(pipe: SpritePipeline, clean: np.ndarray, context: str | None) -> dict[str, np.ndarray]:
+    """The forward tab's guess at every t at once (the same eps; one U-Net call, a row per t): the RMS error of
+    eps_hat and the share of x0_hat within CLOSE_LEVELS of x0. Why sampling takes many small steps, as a curve:
+    at small t the noise is faint and hard to find, but x0_hat is nearly right; at large t it must be invented."""
+    steps = np.unique(np.linspace(1, pipe.num_train_steps, CURVE_POINTS).round().astype(int))
+    x0 = sprite_tensor(clean)
+    noise = forward_noise(x0.shape[1:])[None]
+    t = torch.from_numpy(steps)
+    noisy = pipe.noise_schedule.add_noise(x0.expand(len(steps), -1, -1, -1), noise, t).float()
+    weights = pipe.context_vector(context, len(steps))
+    predicted_noise, predicted_clean = (x.cpu() for x in pipe.predict_at(noisy.to(pipe.device), t, weights))
+    error = (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3)).sqrt().numpy()
+    close = close_share(to_uint8(predicted_clean.clamp(-1, 1)), to_uint8(x0)[0])
+    return {"t": steps, "noise_rmse": error, "clean_close": close}
+
+
+class GuessCurves:
+    """guess_by_step per (sprite, context), kept for the last few: moving t then only moves the plot's marker."""
+
+    def __init__(self, pipe: SpritePipeline, keep: int = 32):
+        self.pipe, self.keep = pipe, keep
+        self.cache: OrderedDict[tuple[str, str | None], dict[str, np.ndarray]] = OrderedDict()
+        self.lock = threading.Lock()  # gradio runs events in threads
+
+    def figure(self, clean: np.ndarray, t: int, context: str | None):
+        """The guess_by_step figure for this (H, W, 3) uint8 sprite and context, marked at t."""
+        key = (hashlib.sha256(clean.tobytes() + str(clean.shape).encode()).hexdigest(), context)
+        with self.lock:
+            curves = self.cache.get(key)
+        if curves is None:
+            curves = guess_by_step(self.pipe, clean, context)
+            with self.lock:
+                self.cache[key] = curves
+                while len(self.cache) > self.keep:
+                    self.cache.popitem(last=False)
+        return guess_figure(curves, t, self.pipe.num_train_steps, CLOSE_LEVELS)
