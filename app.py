@@ -23,6 +23,7 @@ from PIL import Image  # noqa: E402
 
 from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, upscale  # noqa: E402
 from model.batching import BUCKETS  # noqa: E402
+from model.unet import describe_unet  # noqa: E402
 from model.walk import MAX_STOPS  # noqa: E402
 from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as app.X)
     COMPARE_STEPS,
@@ -239,6 +240,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         with gr.Tab("About"):
             gr.Markdown(ABOUT, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                  {"left": "$", "right": "$", "display": False}])
+            with gr.Accordion("This model's U-Net, stage by stage", open=False):
+                gr.Markdown(describe_unet(pipe.unet), elem_id="unet-table")
             if STEPS_QUALITY_PLOT.is_file():
                 gr.Image(str(STEPS_QUALITY_PLOT), label="Steps versus quality, every sampler (bundled model)",
                          elem_classes=["label-room"],

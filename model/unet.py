@@ -99,3 +99,61 @@ def build_unet(num_contexts: int, preset: str | dict | Path = "base", resolution
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid UNet config: {err}") from None
     return attach_context_embedding(unet)
+
+
+def _stages(unet: UNet2DModel) -> list[tuple[str, nn.Module]]:
+    return [("input convolution", unet.conv_in), *[(f"down {i + 1}", b) for i, b in enumerate(unet.down_blocks)],
+            ("middle", unet.mid_block), *[(f"up {i + 1}", b) for i, b in enumerate(unet.up_blocks)],
+            ("output convolution", unet.conv_out)]
+
+
+@torch.no_grad()
+def describe_unet(unet: UNet2DModel) -> str:
+    """A Markdown table of the network, stage by stage: what each holds, the shape it hands on and its parameters.
+    The About tab shows it. The shapes are measured by a forward pass of a copy on the "meta" device (shapes, no
+    numbers), so building the page computes nothing (on ZeroGPU no CUDA may run outside a request)."""
+    with torch.device("meta"):
+        shadow = UNet2DModel.from_config(unet.config)
+        size = unet.config.sample_size
+        blank = torch.zeros(1, unet.config.in_channels, size, size)
+        labels = torch.zeros(1, dtype=torch.long) if unet.config.num_class_embeds else None
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [module.register_forward_hook(
+        lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple((out[0] if isinstance(out, tuple) else out)
+                                                                       .shape[1:])))
+        for name, module in _stages(shadow)]
+    try:
+        shadow(blank, torch.zeros(1, device="meta"), class_labels=labels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    stages = _stages(unet)
+
+    def holds(module: nn.Module) -> str:
+        if isinstance(module, nn.Conv2d):
+            return f"3x3 convolution, {module.in_channels} to {module.out_channels} channels"
+        parts = [f"{len(module.resnets)} ResNet block{'s' * (len(module.resnets) > 1)}"]
+        if getattr(module, "upsamplers", None) is not None or "Up" in type(module).__name__:
+            parts[0] += " taking skip connections from the down path"
+        if getattr(module, "attentions", None) is not None and any(a is not None for a in module.attentions):
+            parts.append("self-attention")
+        parts += ["downsample 2x"] * bool(getattr(module, "downsamplers", None))
+        parts += ["upsample 2x"] * bool(getattr(module, "upsamplers", None))
+        return ", ".join(parts)
+
+    def count(*modules: nn.Module) -> str:
+        return f"{sum(p.numel() for m in modules for p in m.parameters()):,}"
+
+    embed = unet.time_embedding.linear_2.out_features
+    rows = [f"| {name} | {holds(module)} | {' x '.join(map(str, shapes[name]))} | {count(module)} |"
+            for name, module in stages]
+    rows += [f"| time embedding | sinusoids of t ({unet.time_embedding.linear_1.in_features}), then a 2-layer MLP "
+             f"| {embed} | {count(unet.time_embedding)} |",
+             f"| context embedding | c · E, E a learned table of {unet.class_embedding.num_embeddings} rows; added to "
+             f"the time embedding, and every ResNet block adds a projection of the sum to its channels | {embed} | "
+             f"{count(unet.class_embedding)} |",
+             f"| norm and activation | GroupNorm ({unet.config.norm_num_groups} groups) and SiLU before the output "
+             f"convolution | | {count(unet.conv_norm_out)} |"]
+    total = sum(p.numel() for p in unet.parameters())
+    return "\n".join(["| stage | holds | shape out (channels x height x width) | parameters |",
+                      "| --- | --- | --- | ---: |", *rows, f"| **total** | | | **{total:,}** |"])

@@ -218,6 +218,8 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
 
                 page.get_by_role("tab", name="About").click()
                 page.get_by_text("What the \"re-add noise\" toggle shows").wait_for()
+                page.get_by_text("This model's U-Net, stage by stage").click()  # the accordion: the loaded model's
+                page.locator("#unet-table").get_by_text("context embedding").wait_for(timeout=TIMEOUT_MS)
                 page.screenshot(path=screenshots / "about.png", full_page=True)
         finally:
             browser.close()

@@ -14,6 +14,7 @@ import torch
 from diffusers import UNet2DModel
 
 from model import MAX_IMAGES, ModelLoadError, SpritePipeline, build_unet, load_pipeline, make_scheduler
+from model.unet import describe_unet
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,32 @@ def test_zero_context_adds_nothing_to_the_time_embedding(pipe):
         pipe.unet.class_embedding.weight.data.copy_(saved_weight)
     assert torch.equal(unconditional, no_embedding)
 
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small-noattn", "medium1-g16"])
+def test_the_about_tabs_unet_table_is_the_networks_own(preset):
+    unet = build_unet(5, preset)
+    seen = {}  # what a real forward pass hands on, stage by stage
+
+    def record(name):
+        def hook(_module, _inputs, out):
+            seen[name] = " x ".join(map(str, (out[0] if isinstance(out, tuple) else out).shape[1:]))
+        return hook
+
+    for name, module in [("input convolution", unet.conv_in), ("down 1", unet.down_blocks[0]),
+                         ("middle", unet.mid_block), ("output convolution", unet.conv_out)]:
+        module.register_forward_hook(record(name))
+    unet(torch.zeros(1, 3, 16, 16), torch.tensor([7]), class_labels=torch.eye(5)[:1])
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in describe_unet(unet).splitlines()[2:]]
+    rows = {row[0]: row for row in cells}
+    assert seen and all(rows[name][2] == shape for name, shape in seen.items()), (seen, rows)
+    total = sum(p.numel() for p in unet.parameters())
+    counts = [int(row[3].replace(",", "")) for name, row in rows.items() if name != "**total**"]
+    assert sum(counts) == total and rows["**total**"][3] == f"**{total:,}**"  # every weight, once
+    attention = unet.config.add_attention
+    assert ("self-attention" in rows["middle"][1]) == attention and ("self-attention" in rows["down 3"][1]) == attention
+    assert "skip connections" in rows["up 1"][1] and "skip connections" not in rows["down 1"][1]
+    assert all(p.device.type == "cpu" for p in unet.parameters())  # the table's pass ran on a copy
 
 def test_context_forms(pipe):
     assert pipe.context_vector("food", 2).tolist() == [[0, 0, 1, 0, 0]] * 2
