@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--preset", default=recipe.model_config, help="default: the recipe's")
     parser.add_argument("--batch", type=int, default=recipe.train_batch_size, help="default: the recipe's")
     parser.add_argument("--learning_rate", type=float, default=recipe.learning_rate, help="default: the recipe's")
-    parser.add_argument("--max_steps", type=int, default=recipe.max_train_steps, help="default: the recipe's budget")
+    parser.add_argument("--max_steps", type=int, default=recipe.max_train_steps,
+                        help="default: the recipe's budget (0: its --num_epochs)")
     parser.add_argument("--every", type=int, default=500, help="checkpoint (and evaluation) interval in steps")
     parser.add_argument("--num_per_context", type=int, default=200)
     parser.add_argument("--runs", nargs="+", type=parse_run, default=[parse_run("ddpm:500:2")],
@@ -120,7 +121,8 @@ def main() -> None:
           f"train.py flags {' '.join(extra) or '(none)'}; runs {' '.join(run_label(r) for r in args.runs)}, "
           f"{args.num_per_context} per context")
     print(f"time to quality: {reached[1]:.1f} min (step {reached[0]})" if reached
-          else f"time to quality: not reached within {args.max_steps} steps")
+          else "time to quality: not reached within "
+               + (f"{args.max_steps} steps" if args.max_steps else f"the recipe's {recipe.num_epochs} epochs"))
 
 
 if __name__ == "__main__":

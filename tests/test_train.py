@@ -614,7 +614,7 @@ def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys, tiny_dir
 
 
 # ---- the recipe ---------------------------------------------------------------------------------
-RECIPE_FLAGS = ("dataset", "resolution", "downscale", "model_config", "train_batch_size", "max_train_steps",
+RECIPE_FLAGS = ("dataset", "resolution", "downscale", "model_config", "train_batch_size",
                 "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1",
                 "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm", "prediction_type", "snr_gamma",
                 "context_dropout", "use_ema", "ema_inv_gamma", "ema_power", "ema_max_decay", "seed")
@@ -658,10 +658,14 @@ def test_the_defaults_are_the_bundled_models_recipe():
     """
     from model.loading import DEFAULT_MODEL_DIR
     from training.options import parse_args
+    from training.sprite_data import default_sprites
 
     defaults = vars(parse_args([]))
     shipped = json.loads((DEFAULT_MODEL_DIR / "training_args.json").read_text())
     assert {k: defaults[k] for k in RECIPE_FLAGS} == {k: shipped[k] for k in RECIPE_FLAGS}
+    # The budget is in epochs now; on the bundled sprites it is the bundled run's 6,000 planned steps.
+    steps_per_epoch = math.ceil(len(default_sprites()[0]) / defaults["train_batch_size"])
+    assert defaults["max_train_steps"] == 0 and defaults["num_epochs"] * steps_per_epoch == shipped["max_train_steps"]
     built = build_unet(5, defaults["model_config"], defaults["resolution"]).config
     bundled = json.loads((DEFAULT_MODEL_DIR / "unet" / "config.json").read_text())
     architecture = ("block_out_channels", "layers_per_block", "norm_num_groups", "down_block_types",

@@ -284,8 +284,9 @@ def train(args: argparse.Namespace) -> int:
     schedule = NoiseSchedule(make_scheduler())
     schedule.alpha_bar = schedule.alpha_bar.to(device)
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    budget = "" if args.max_train_steps else ", the --num_epochs budget"
     logger.info(f"{len(dataset)} sprites, {len(names)} contexts ({', '.join(names)}); {max_steps} steps of "
-                f"{global_batch} images ({num_epochs} epochs); "
+                f"{global_batch} images ({num_epochs} epochs{budget}); "
                 f"{sum(p.numel() for p in unet.parameters()):,} parameters", main_process_only=True)
     progress = tqdm(total=max_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
     seen: list[list[int]] = []
