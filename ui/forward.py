@@ -23,7 +23,7 @@ STRIP = (0, 100, 250, 500)  # the forward-process strip, as the course draws it
 NOISE_CONTRAST = 0.5  # noise is shown at half contrast: -2 to 2 (95% of a Gaussian's draws) spans black to white
 SPRITE_SCALE, STRIP_SCALE = 16, 8  # whole enlargements: every sprite pixel stays a sharp square
 CLOSE_LEVELS = 8  # x0_hat pixels within this many 8-bit levels of x0 count as right (about what an eye tells apart)
-CURVE_POINTS = 26  # the guess at every t: t = 1, 21, 41, ..., 501 clipped to T; one U-Net call of this many rows
+CURVE_POINTS = 26  # the guess at every t: t = 1, 21, 41, ..., 500, one U-Net call of this many rows
 
 
 def forward_view(pipe: SpritePipeline, clean: np.ndarray, t: int) -> tuple[Image.Image, list, str]:
@@ -56,8 +56,7 @@ def network_guess(pipe: SpritePipeline, clean: np.ndarray, t: int,
     caption = (f"One U-Net call at t = {t}, {told}. RMS error of the predicted noise: **{error:.2f}** (guessing no "
                f"noise at all scores 1.00). At this t an error in ε̂ shows {((1 - ab) / ab) ** 0.5:.2f} times as "
                f"large in x̂₀ (√(1 − ᾱ) / √ᾱ), which is within {CLOSE_LEVELS} levels of x₀ at **{close:.0%}** of its "
-               "pixels. "
-               "Noise is shown at half contrast (-2 is black, +2 white).")
+               "pixels. Noise is shown at half contrast (-2 is black, +2 white).")
 
     def picture(x: torch.Tensor) -> Image.Image:
         return upscale(to_uint8(x)[0], SPRITE_SCALE)
