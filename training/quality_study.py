@@ -71,8 +71,8 @@ EXTRA_ARMS: dict[str, dict[str, Any]] = {
 SECOND_SET = ROOT / "data" / "nethack" / "sprites_nethack.npy"  # a set the recipe was not tuned on (docs/)
 
 
-# The "-short" arm's share of the budget: 2,000 of 10,000 steps, about 340 epochs of the second set. At 800 steps
-# (135 epochs, trained on the CPU: docs/study.md) nothing was memorised, but the sprites were speckled.
+# The "-short" arm's share of the budget: 2,000 of 10,000 steps, 667 epochs of the second set, next to the recipe's
+# 600 (1,800 steps). On the CPU (docs/study.md) 800 steps were undertrained and 1,800 memorised nothing.
 SHORT = 0.2
 
 
