@@ -133,7 +133,7 @@ def describe_unet(unet: UNet2DModel) -> str:
         if isinstance(module, nn.Conv2d):
             return f"3x3 convolution, {module.in_channels} to {module.out_channels} channels"
         parts = [f"{len(module.resnets)} ResNet block{'s' * (len(module.resnets) > 1)}"]
-        if getattr(module, "upsamplers", None) is not None or "Up" in type(module).__name__:
+        if "Up" in type(module).__name__:  # UpBlock2D, AttnUpBlock2D: they concatenate the skips
             parts[0] += " taking skip connections from the down path"
         if getattr(module, "attentions", None) is not None and any(a is not None for a in module.attentions):
             parts.append("self-attention")

@@ -36,21 +36,30 @@ def forward_view(pipe: SpritePipeline, clean: np.ndarray, t: int) -> tuple[Image
     return upscale(copies[0], SPRITE_SCALE), strip, formula
 
 
+def guess_at(pipe: SpritePipeline, clean: np.ndarray, steps: np.ndarray, context: str | None) -> dict:
+    """The forward tab's sprite noised with its one eps to each of ``steps`` and guessed in one U-Net call (a row
+    per t): eps, eps_hat and x0_hat (CPU tensors), the RMS error of eps_hat and the share of x0_hat within
+    CLOSE_LEVELS of x0, per row. The single guess and the curve over t both come from here."""
+    x0 = sprite_tensor(clean)
+    noise = forward_noise(x0.shape[1:])[None]
+    t = torch.as_tensor(steps)
+    noisy = pipe.noise_schedule.add_noise(x0.expand(len(t), -1, -1, -1), noise, t).float()
+    predicted_noise, predicted_clean = (x.cpu() for x in pipe.predict_at(noisy.to(pipe.device), t,
+                                                                         pipe.context_vector(context, len(t))))
+    guessed, real = to_uint8(predicted_clean.clamp(-1, 1)), to_uint8(x0)[0]
+    return {"noise": noise, "predicted_noise": predicted_noise, "predicted_clean": predicted_clean,
+            "noise_rmse": (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3)).sqrt().numpy(),
+            "clean_close": (np.abs(guessed.astype(int) - real.astype(int)) <= CLOSE_LEVELS).all(-1).mean(axis=(1, 2))}
+
+
 def network_guess(pipe: SpritePipeline, clean: np.ndarray, t: int,
                   context: str | None) -> tuple[Image.Image | None, Image.Image | None, Image.Image | None, str]:
     """At step t of the forward tab (the same eps): (the noise eps, the network's eps_hat, its x0_hat, a caption
     with how far off eps_hat is). ``context``: the name the network is told, or None (unconditional)."""
     if t == 0:
         return None, None, None, "At t = 0 there is no noise to find: move t up."
-    x0 = sprite_tensor(clean)
-    noise = forward_noise(x0.shape[1:])[None]
-    noisy = pipe.noise_schedule.add_noise(x0, noise, t).float()
-    weights = pipe.context_vector(context, 1)
-    predicted_noise, predicted_clean = pipe.predict_at(noisy.to(pipe.device), t, weights)
-    predicted_noise, predicted_clean = predicted_noise.cpu(), predicted_clean.cpu()
-    error = float((predicted_noise - noise).pow(2).mean().sqrt())
-    guessed, real = to_uint8(predicted_clean.clamp(-1, 1))[0], to_uint8(x0)[0]
-    close = float(close_share(guessed[None], real)[0])
+    guess = guess_at(pipe, clean, np.array([t]), context)
+    error, close = float(guess["noise_rmse"][0]), float(guess["clean_close"][0])
     told = f"told *{context}*" if context else "told no context"
     ab = float(pipe.noise_schedule.alpha_bar[t])
     caption = (f"One U-Net call at t = {t}, {told}. RMS error of the predicted noise: **{error:.2f}** (guessing no "
@@ -61,30 +70,17 @@ def network_guess(pipe: SpritePipeline, clean: np.ndarray, t: int,
     def picture(x: torch.Tensor) -> Image.Image:
         return upscale(to_uint8(x)[0], SPRITE_SCALE)
 
-    return (picture(noise * NOISE_CONTRAST), picture(predicted_noise * NOISE_CONTRAST),
-            picture(predicted_clean.clamp(-1, 1)), caption)
-
-
-def close_share(guessed: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """Per sprite of (N, H, W, 3) uint8 guesses: the share of pixels within CLOSE_LEVELS of ``real`` in every
-    channel."""
-    return (np.abs(guessed.astype(int) - real.astype(int)) <= CLOSE_LEVELS).all(-1).mean(axis=(1, 2))
+    return (picture(guess["noise"] * NOISE_CONTRAST), picture(guess["predicted_noise"] * NOISE_CONTRAST),
+            picture(guess["predicted_clean"].clamp(-1, 1)), caption)
 
 
 def guess_by_step(pipe: SpritePipeline, clean: np.ndarray, context: str | None) -> dict[str, np.ndarray]:
-    """The forward tab's guess at every t at once (the same eps; one U-Net call, a row per t): the RMS error of
-    eps_hat and the share of x0_hat within CLOSE_LEVELS of x0. Why sampling takes many small steps, as a curve:
-    at small t the noise is faint and hard to find, but x0_hat is nearly right; at large t it must be invented."""
+    """The forward tab's guess at every t at once (t = 1 .. T in CURVE_POINTS steps): the RMS error of eps_hat and
+    the share of x0_hat within CLOSE_LEVELS of x0. Why sampling takes many small steps, as a curve: at small t the
+    noise is faint and hard to find, but x0_hat is nearly right; at large t it must be invented."""
     steps = np.unique(np.linspace(1, pipe.num_train_steps, CURVE_POINTS).round().astype(int))
-    x0 = sprite_tensor(clean)
-    noise = forward_noise(x0.shape[1:])[None]
-    t = torch.from_numpy(steps)
-    noisy = pipe.noise_schedule.add_noise(x0.expand(len(steps), -1, -1, -1), noise, t).float()
-    weights = pipe.context_vector(context, len(steps))
-    predicted_noise, predicted_clean = (x.cpu() for x in pipe.predict_at(noisy.to(pipe.device), t, weights))
-    error = (predicted_noise - noise).pow(2).mean(dim=(1, 2, 3)).sqrt().numpy()
-    close = close_share(to_uint8(predicted_clean.clamp(-1, 1)), to_uint8(x0)[0])
-    return {"t": steps, "noise_rmse": error, "clean_close": close}
+    guess = guess_at(pipe, clean, steps, context)
+    return {"t": steps, "noise_rmse": guess["noise_rmse"], "clean_close": guess["clean_close"]}
 
 
 class GuessCurves:
