@@ -92,6 +92,15 @@ def wait_for_image(page, selector: str) -> None:
     }""", arg=selector, timeout=TIMEOUT_MS)
 
 
+def untick_randomise_seed(page) -> None:
+    """Untick "Randomise seed" once the page's load event has ticked it: unticked earlier, the load's tick can
+    land after it on a slow machine, and the run then takes a random seed (seen in CI)."""
+    from playwright.sync_api import expect  # present: the sync_playwright fixture skips (or fails) otherwise
+    box = page.get_by_label("Randomise seed").first
+    expect(box).to_be_checked(timeout=TIMEOUT_MS)
+    box.uncheck()
+
+
 @contextmanager
 def evidence_on_failure(page, folder: Path) -> Iterator[None]:
     """A failing step leaves evidence: a screenshot, the end of the page's text and the browser console's
@@ -128,7 +137,7 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
                 generate.wait_for(timeout=TIMEOUT_MS)
 
                 page.get_by_label("hero", exact=True).check()
-                page.get_by_label("Randomise seed").uncheck()
+                untick_randomise_seed(page)
                 page.get_by_label("Seed", exact=True).fill("3")
                 generate.click()
                 wait_for_new_final(page, None)
@@ -294,7 +303,7 @@ def test_number_boxes_send_what_they_show(sync_playwright, url, tmp_path):
                 page.goto(url)
                 generate = page.get_by_role("button", name="Generate", exact=True)
                 generate.wait_for(timeout=TIMEOUT_MS)
-                page.get_by_label("Randomise seed").uncheck()
+                untick_randomise_seed(page)
                 seed = page.get_by_label("Seed", exact=True)
                 boxes = ((page.get_by_label("number input for Steps"), "Steps (num_inference_steps)"),
                          (page.get_by_label("number input for Guidance scale"), "Guidance scale (guidance_scale)"),
