@@ -30,8 +30,9 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 from benchmarks.common import machine_name  # noqa: E402
 from model import SpritePipeline, make_scheduler  # noqa: E402
-from training.evaluate import Evaluator, parse_run, quality_bar_failures  # noqa: E402
+from training.evaluate import Evaluator, parse_run  # noqa: E402
 from training.options import parse_args  # noqa: E402
+from training.quality_bar import quality_bar_failures  # noqa: E402
 
 
 def train(args: argparse.Namespace, extra: list[str]) -> float:

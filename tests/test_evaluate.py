@@ -9,16 +9,12 @@ import torch
 
 from model import SpritePipeline, build_unet, make_scheduler
 from training.evaluate import (
-    EYE_STATISTICS,
     MEMORISATION_THRESHOLD,
-    PIXEL_STATISTICS,
     Evaluator,
     evaluate_pipeline,
     frechet_distance,
-    markdown_table,
     nearest_distances,
     parse_run,
-    quality_bar_failures,
 )
 from training.judge import (
     JudgeError,
@@ -30,6 +26,7 @@ from training.judge import (
     to_uint8_images,
     train_judge,
 )
+from training.quality_bar import EYE_STATISTICS, PIXEL_STATISTICS, markdown_table, quality_bar_failures
 from training.sample_grid import SHEET_GAP_GREY, SHEET_SCALE, comparison_sheet
 
 NAMES = ["square", "ring", "cross"]

@@ -22,8 +22,8 @@ import torch
 
 from model import ModelLoadError, load_pipeline
 from model.pipeline import to_uint8
-from training.evaluate import EYE_STATISTICS
 from training.metrics import BACKGROUND_NEAR_LEVELS, COLOUR_GROUP_LEVELS, background_colour, pixel_statistics
+from training.quality_bar import EYE_STATISTICS
 from training.sprite_data import load_dataset
 
 PROBE_STEPS = (1, 2, 5, 10, 20, 50, 100, 250)

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from model import load_pipeline
-from training.evaluate import Evaluator, machine_info, parse_run, quality_bar_failures
+from training.evaluate import Evaluator, machine_info, parse_run
+from training.quality_bar import quality_bar_failures
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared recipe; each arm adds its own flags. Same seed, so arms of one preset start from the same weights.

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from model import SAMPLERS, load_pipeline
-from training.evaluate import PIXEL_STATISTICS, Evaluator, default_judge_dir, machine_info, quality_bar_failures
+from training.evaluate import Evaluator, default_judge_dir, machine_info
+from training.quality_bar import PIXEL_STATISTICS, quality_bar_failures
 
 STEP_COUNTS = (5, 10, 20, 50, 100)
 EXTRA_STEPS = {"ddpm": (500,)}  # the course's sampler is made for every step
