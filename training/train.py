@@ -10,7 +10,8 @@ regress the noise with MSE; each context vector is zeroed with probability --con
 vector means "any sprite" and guidance works. The whole dataset sits on the device as one tensor; the data
 loader only deals out batches of indices (accelerate gives every process its own shard), so there is no
 per-sample Python work. Output: the pipeline in the diffusers layout with EMA weights, a model card, and
-optionally a push to the Hub. Checkpoints are atomic (see checkpointing.py); the flags are in options.py.
+optionally a push to the Hub (outputs.py). Checkpoints are atomic (see checkpointing.py); the flags are in
+options.py.
 """
 
 from __future__ import annotations
@@ -36,15 +37,14 @@ from tqdm.auto import tqdm  # noqa: E402
 from model import (  # noqa: E402
     ModelLoadError,
     NoiseSchedule,
-    SpritePipeline,
     load_pipeline,
     make_scheduler,
     unet_timestep,
 )
 from model.unet import build_unet  # noqa: E402
-from training import checkpointing, hub, plots  # noqa: E402
+from training import checkpointing, plots  # noqa: E402
 from training.options import ConfigError, check_args, parse_args, public_settings  # noqa: E402
-from training.sample_grid import context_grid, save_grid  # noqa: E402
+from training.outputs import save_outputs  # noqa: E402
 from training.sprite_data import DatasetError, dataset_from_args  # noqa: E402
 
 logger = get_logger(__name__)
@@ -164,37 +164,6 @@ def ema_model(unet: UNet2DModel, max_decay: float, inv_gamma: float, power: floa
     tensor, which is most of an EMA step's cost where launches are the bottleneck (small models on a GPU)."""
     return EMAModel(unet.parameters(), decay=max_decay, use_ema_warmup=True, inv_gamma=inv_gamma, power=power,
                     model_cls=UNet2DModel, model_config=unet.config, foreach=True)
-
-
-def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, context_names: list[str],
-                    prediction_type: str = "epsilon") -> SpritePipeline:
-    """A fresh SpritePipeline holding a copy of the weights (the EMA ones when there is an EMA)."""
-    trained = accelerator.unwrap_model(unet)
-    copy = UNet2DModel.from_config(trained.config)
-    copy.load_state_dict(trained.state_dict())
-    if ema is not None:
-        ema.copy_to(copy.parameters())
-    pipe = SpritePipeline(copy.to(accelerator.device).eval(), make_scheduler(prediction_type=prediction_type),
-                          context_names)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def evaluate(pipe: SpritePipeline, args: argparse.Namespace, output_dir: Path) -> dict | None:
-    """training/evaluate.py's evaluate_pipeline, when that module is there; results also go to eval/metrics.json."""
-    try:
-        from training.evaluate import evaluate_pipeline
-    except ImportError as err:
-        logger.warning(f"--eval_samples: training/evaluate.py is not usable ({err}); skipping evaluation")
-        return None
-    try:
-        results = evaluate_pipeline(pipe, args.dataset, num_per_context=args.eval_samples, seed=args.seed or 0)
-    except Exception as err:  # e.g. no judge for this dataset: the trained model matters more than its scores
-        logger.warning(f"evaluation failed, the card will have no scores: {type(err).__name__}: {err}")
-        return None
-    (output_dir / "eval").mkdir(exist_ok=True)
-    (output_dir / "eval" / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
-    return results
 
 
 def train(args: argparse.Namespace) -> int:
@@ -393,44 +362,6 @@ def train(args: argparse.Namespace) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return code
-
-
-def save_outputs(accelerator: Accelerator, unet, ema: EMAModel | None, names: list[str], args: argparse.Namespace,
-                 step: int, final: bool, summary: dict | None = None,
-                 history: list[plots.LossRow] | None = None) -> int:
-    """Main process: loss history and sample grid; at the end (or --push_at_checkpoints) the pipeline, card
-    (with its loss and progress figures, see plots.py) and push."""
-    output_dir = Path(args.output_dir)
-    if history is not None:
-        plots.write_loss_history(output_dir / plots.LOSS_HISTORY, history)
-    pipe = export_pipeline(accelerator, unet, ema, names, args.prediction_type)
-    grid = context_grid(pipe, args.samples_per_context, args.sample_steps, args.sample_sampler)
-    save_grid(grid, output_dir / "samples" / f"step_{step:06d}.png")
-    if args.logger == "tensorboard":
-        accelerator.get_tracker("tensorboard").log_images({"samples": grid[None]}, step=step, dataformats="NHWC")
-    pushing = args.push_to_hub and (final or args.push_at_checkpoints)
-    if not (final or pushing):
-        return 0
-    save_grid(grid, output_dir / "samples.png")
-    checkpointing.save_pipeline(pipe, output_dir)
-    eval_results = evaluate(pipe, args, output_dir) if final and args.eval_samples else None
-    repo_id = args.hub_model_id or output_dir.resolve().name
-    licence = args.model_license or ("gpl-2.0" if args.dataset == "default" else "other")
-    hub.write_model_card(output_dir, context_names=names, resolution=args.resolution, dataset=args.dataset,
-                         settings=public_settings(args), summary=summary or {"steps": step}, license=licence,
-                         repo_id=repo_id if args.push_to_hub else None, eval_results=eval_results)
-    logger.info(f"saved the pipeline (step {step}) to {output_dir}")
-    if not pushing:
-        return 0
-    try:
-        pushed = hub.push_folder(output_dir, repo_id, token=args.hub_token, private=args.hub_private_repo,
-                                 commit_message=f"Sprite diffusion model, step {step}")
-    except hub.PushError as err:
-        logger.error(f"{err}. The trained model is kept in {output_dir}; retry with: "
-                     f"python -m training.hub {output_dir} --hub_model_id {repo_id}")
-        return 1
-    logger.info(f"pushed step {step} to {pushed}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
