@@ -101,6 +101,18 @@ def untick_randomise_seed(page) -> None:
     box.uncheck()
 
 
+# Every visible input's label and value (boxes ticked or not, radios only when picked), first in a failure message:
+# CI keeps only the log, and shortens long ones in the middle.
+FORM_STATE_JS = """() => Array.from(document.querySelectorAll('input, textarea'))
+    .filter(e => e.offsetParent !== null && !(e.type === 'radio' && !e.checked))
+    .map(e => {
+        const label = (e.getAttribute('aria-label') || e.labels?.[0]?.innerText || e.type).trim();
+        if (e.type === 'radio') return `picked: ${label}`;
+        return `${label} = ${e.type === 'checkbox' ? e.checked : JSON.stringify(e.value)}`;
+    })
+    .join('\\n')"""
+
+
 @contextmanager
 def evidence_on_failure(page, folder: Path) -> Iterator[None]:
     """A failing step leaves evidence: a screenshot, the end of the page's text and the browser console's
@@ -114,10 +126,12 @@ def evidence_on_failure(page, folder: Path) -> Iterator[None]:
         shot = folder / "failure.png"
         try:
             page.screenshot(path=shot, full_page=True)
-            text = page.locator("body").inner_text(timeout=5_000)[-3000:]
+            controls = page.evaluate(FORM_STATE_JS)
+            text = page.locator("body").inner_text(timeout=5_000)[-1500:]
         except Exception as second:  # the page itself may be gone
-            text = f"(page unreadable: {second})"
-        raise AssertionError(f"{err}\n--- screenshot: {shot}\n--- the page's text, its end ---\n{text}\n"
+            controls, text = "", f"(page unreadable: {second})"
+        raise AssertionError(f"{err}\n--- screenshot: {shot}\n--- the visible controls ---\n{controls}\n"
+                             f"--- the page's text, its end ---\n{text}\n"
                              f"--- console ---\n" + "\n".join(console[-30:])) from err
 
 
