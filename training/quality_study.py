@@ -68,6 +68,9 @@ EXTRA_ARMS: dict[str, dict[str, Any]] = {
     "small-g8-snr5": arm("small-g8", "--snr_gamma", "5"),
     "medium1-g16-v-snr5": arm("medium1-g16", *V_SNR),
     "small-g8-third": arm("small-g8", steps=1 / 3),
+    # the same sprites seen in 4x the optimizer steps (batch 64, learning rate scaled by sqrt(64/256)): on the
+    # second set, on the CPU, crisper sprites but more of them memorised (docs/study.md)
+    "medium1-g16-b64": arm("medium1-g16", "--train_batch_size", "64", "--learning_rate", "5e-4", steps=4.0),
 }
 SECOND_SET = ROOT / "data" / "nethack" / "sprites_nethack.npy"  # a set the recipe was not tuned on (docs/)
 
