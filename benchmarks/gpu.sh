@@ -55,7 +55,7 @@ for part in $PARTS; do
         --arms medium1-g16 nethack-medium1-g16-short --steps 10000 --max_train_minutes "${LONG_MINUTES:-6.5}" \
         --pack "$OUT" 2>&1 | tee "$OUT/long.log" ;;
     batch)  # the bundled preset at batch 64 for the recipe's 600 epochs (24,000 steps, time-boxed): the second set
-            # on the CPU came out crisper so but memorised more (docs/study.md); does the bundled set's 2,507 hold?
+            # came out crisper that way on the CPU but memorised more (docs/study.md); do the bundled 2,507 hold?
       timeout "${BATCH_LIMIT:-590}" "$PYTHON" -m training.quality_study --out "$RUNS/batch" \
         --arms medium1-g16-b64 --steps 6000 --max_train_minutes "${BATCH_MINUTES:-6.5}" \
         --pack "$OUT" 2>&1 | tee "$OUT/batch.log" ;;
