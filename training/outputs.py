@@ -16,6 +16,7 @@ from diffusers.training_utils import EMAModel
 
 from model import SpritePipeline, make_scheduler
 from training import checkpointing, hub, plots
+from training.evaluate import evaluate_pipeline
 from training.options import public_settings
 from training.sample_grid import context_grid, save_grid
 
@@ -37,12 +38,7 @@ def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, contex
 
 
 def evaluate(pipe: SpritePipeline, args: argparse.Namespace, output_dir: Path) -> dict | None:
-    """training/evaluate.py's evaluate_pipeline, when that module is there; results also go to eval/metrics.json."""
-    try:
-        from training.evaluate import evaluate_pipeline
-    except ImportError as err:
-        logger.warning(f"--eval_samples: training/evaluate.py is not usable ({err}); skipping evaluation")
-        return None
+    """training/evaluate.py's scores for the card; they also go to eval/metrics.json. None when scoring fails."""
     try:
         results = evaluate_pipeline(pipe, args.dataset, num_per_context=args.eval_samples, seed=args.seed or 0)
     except Exception as err:  # e.g. no judge for this dataset: the trained model matters more than its scores
