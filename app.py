@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from gradio import route_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import model  # noqa: E402
 from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, upscale  # noqa: E402
 from model.batching import BUCKETS  # noqa: E402
 from model.unet import describe_unet  # noqa: E402
@@ -238,7 +239,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
             redraw_tab = build_redraw_tab(events, pipe, gpu)
 
         with gr.Tab("About"):
-            gr.Markdown(ABOUT, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
+            gr.Markdown(about_text(), latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                  {"left": "$", "right": "$", "display": False}])
             with gr.Accordion("This model's U-Net, stage by stage", open=False):
                 gr.Markdown(describe_unet(pipe.unet), elem_id="unet-table")
@@ -317,6 +318,16 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
 
 
 ABOUT = (Path(__file__).resolve().parent / "docs" / "about.md").read_text()  # the About tab
+
+
+def about_text() -> str:
+    """The About tab; on a Space (which sets SPACE_ID) it names the Space to duplicate, and how in code."""
+    space = os.environ.get("SPACE_ID", "").strip()
+    if not space:
+        return ABOUT
+    return (ABOUT + f"\n\nThis Space is `{space}`. The same copy from Python, pointed at your model: "
+            f"`HfApi().duplicate_repo(\"{space}\", to_id=\"you/sprites\", repo_type=\"space\", "
+            'space_variables=[{"key": "MODEL_ID", "value": "you/sprite-model"}])`.')
 STEPS_QUALITY_PLOT = Path(__file__).resolve().parent / "docs" / "figures" / "steps_quality.png"  # made by
 # python -m training.steps_quality
 
@@ -379,6 +390,9 @@ def __getattr__(name: str):
 
 def main() -> None:
     global demo
+    # Where the code comes from: a Space runs its own copy, which an installed checkout must not shadow.
+    print(f"Sprite Diffusion: app {Path(__file__).resolve()}, model package {Path(model.__file__).resolve().parent}",
+          flush=True)
     try:
         pipe, note = load_model()
     except ModelLoadError as err:

@@ -19,12 +19,12 @@ from PIL import Image
 from .images import sprite_tensor
 from .inputs import real_number, whole_number
 from .samplers import SAMPLERS, get_sampler
+from .sprites import fit_pixel_art
 
 if TYPE_CHECKING:
     from .pipeline import ContextSpec, DenoiseStep, SpriteOutput
 
 MAX_JUMP_SAMPLES = 20  # RePaint's r; each one repeats the jumped-over steps, so the cost grows with it
-WHITE = (255, 255, 255, 255)  # what transparent pixels become, as in the dataset
 
 # after_step(sample, t_prev, noised) -> sample: called after every step with x_{t_prev} in the sampler's units;
 # noised(clean) is ``clean`` forward-noised to t_prev in the same units (fresh noise; ``clean`` itself at 0).
@@ -70,9 +70,8 @@ PLAIN = EditPlan()  # plain sampling
 def fit_sprite(image: Image.Image | np.ndarray, resolution: int) -> np.ndarray:
     """A PIL image or an (H, W, 3|4) uint8 array -> (R, R, 3) uint8, fitted as the app's forward tab fits one.
 
-    An (R, R, 3) array is used as is. Other sizes go through training.sprite_data.fit_pixel_art (transparency
-    over white, padded to a square, area-averaged down or repeated up); without the training package, the same
-    padding and a PIL BOX resize.
+    An (R, R, 3) array is used as is. Other sizes go through model.sprites.fit_pixel_art (transparency
+    over white, padded to a square, area-averaged down or repeated up), as training fits its images.
     """
     expected = (f"image must be a PIL image or an (H, W, 3) or (H, W, 4) uint8 array (RGB or RGBA; "
                 f"{resolution} x {resolution} RGB is used as is)")
@@ -88,11 +87,6 @@ def fit_sprite(image: Image.Image | np.ndarray, resolution: int) -> np.ndarray:
         picture = image
     else:
         raise ValueError(f"{expected}, got {type(image).__name__}")
-    try:
-        from training.sprite_data import fit_pixel_art  # the forward tab's fitting, where training is installed
-    except ImportError:
-        square = _pad_to_square(picture.convert("RGBA"), WHITE)
-        return np.array(square.convert("RGB").resize((resolution, resolution), Image.BOX), dtype=np.uint8)
     return np.array(fit_pixel_art(picture, resolution))  # a writable copy, like the (R, R, 3) case
 
 

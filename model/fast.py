@@ -68,7 +68,17 @@ def fast_predictor(unet: UNet2DModel, compile: bool = True, bf16: bool = False,
     def predict_bf16(sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16):
             return forward(sample, timestep, context).float()
+    predict_bf16.wrapped = forward
     return predict_bf16
+
+
+def compile_error_of(predictor: Callable) -> str | None:
+    """Why the compiled path of a fast_predictor failed and it runs eager; None if it compiled or never tried."""
+    while predictor is not None:
+        if getattr(predictor, "compile_error", None):
+            return predictor.compile_error
+        predictor = getattr(predictor, "wrapped", None)
+    return None
 
 
 def compiled_step(step: Callable[..., tuple[torch.Tensor, ...]], device_type: str
@@ -102,10 +112,18 @@ def _compiled_or_eager(forward: Callable, mode: str | None, batch_sizes: Collect
             return forward(sample, *args)
         try:
             return state["use"](sample, *args)
-        except Exception as err:  # compile support varies by platform; eager always works
+        except Exception as err:  # compile support varies by platform (no C compiler, say); eager always works
             if state["use"] is forward:
                 raise
-            logger.warning("torch.compile failed (%s: %s); running eager", type(err).__name__, err)
+            call.compile_error = compile_failure(err)
+            logger.warning("torch.compile failed (%s); running eager", call.compile_error)
             state["use"] = forward
             return forward(sample, *args)
+    call.compile_error = None  # why compiling failed, once it has: the caller then knows it runs eager
     return call
+
+
+def compile_failure(err: Exception) -> str:
+    """One line for why torch.compile failed: inductor's errors run to dozens of lines of advice."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:200] if lines else 'no message'}"

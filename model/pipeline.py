@@ -24,7 +24,7 @@ from PIL import Image
 
 from .batching import ContinuousBatcher
 from .editing import PLAIN, EditPlan, SpriteEditing, StepCallback
-from .fast import NoisePredictor, compiled_step, eager_predictor, fast_predictor
+from .fast import NoisePredictor, compile_error_of, compiled_step, eager_predictor, fast_predictor
 from .samplers import SAMPLERS, get_sampler
 from .schedule import NoiseSchedule, timestep_grid, unet_timestep
 from .unet import attach_context_embedding
@@ -78,6 +78,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         self.step_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.denoise_step
         self.compiled_batch_sizes: tuple[int, ...] = ()  # U-Net rows the compiled predictor serves
         self.compiling = False  # True while compile_in_background works
+        self.compile_error: str | None = None  # why torch.compile failed here, if it did: sampling stays eager
         self.batcher: ContinuousBatcher | None = None  # set by enable_batching: requests in flight share U-Net calls
 
     def enable_fast_sampling(self, compile: bool = True, bf16: bool = False,
@@ -108,7 +109,8 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
                           torch.full((rows,), float(unet_timestep(self.num_train_steps)), device=self.device),
                           torch.zeros(rows, contexts, device=self.device))
         self.noise_predictor = predictor
-        self.compiled_batch_sizes = tuple(sorted(batch_sizes or ())) if compile else ()
+        self.compile_error = compile_error_of(predictor)
+        self.compiled_batch_sizes = tuple(sorted(batch_sizes or ())) if compile and not self.compile_error else ()
         self.step_function = self.denoise_step
 
     def enable_batching(self, **options) -> ContinuousBatcher:
@@ -139,7 +141,11 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
             start = time.perf_counter()
             self.enable_fast_sampling(batch_sizes=sizes)
             self.compiling = False
-            print(f"compiled the U-Net for {what} in {time.perf_counter() - start:.0f} s", flush=True)
+            if self.compile_error:
+                print(f"torch.compile is unavailable here ({self.compile_error}): every run uses the eager U-Net",
+                      flush=True)
+            else:
+                print(f"compiled the U-Net for {what} in {time.perf_counter() - start:.0f} s", flush=True)
         if os.environ.get("SPRITE_DISABLE_COMPILE") == "1" or self.device.type != "cpu":
             return None
         self.compiling = True
@@ -152,6 +158,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         """Back to the eager fp32 reference."""
         self.noise_predictor = eager_predictor(self.unet)
         self.compiled_batch_sizes = ()
+        self.compile_error = None
         self.step_function = self.denoise_step
 
     @property

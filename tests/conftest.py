@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
-import torch
-from hub_server import HubServer
+# Set before huggingface_hub is imported (it reads this once), and inherited by every subprocess a test starts:
+# with hf_xet installed, huggingface_hub uploads binary files through the Hub's Xet protocol, with no fallback,
+# which the stand-in Hub (tests/hub_server.py) does not speak; this selects the legacy LFS upload it does check.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
 
-from model import SpritePipeline, build_unet, make_scheduler
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hub_server import HubServer  # noqa: E402
+
+from model import SpritePipeline, build_unet, make_scheduler  # noqa: E402
 
 HUB_TOKEN = "test-token-must-never-be-printed"  # what the stand-in Hub accepts for writes
 NAMES = ["hero", "non-hero", "food", "spell", "item"]  # the default dataset's contexts

@@ -217,7 +217,7 @@ def test_missing_paths(tmp_path):
 
 
 def test_missing_bundled_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(sd, "DEFAULT_NPZ", tmp_path / "sprites_dcss.npz")
+    monkeypatch.setattr("model.sprites.DEFAULT_NPZ", tmp_path / "sprites_dcss.npz")
     with pytest.raises(DatasetError, match="sprites_dcss.npz: bundled dataset missing"):
         load_dataset("default")
 

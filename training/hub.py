@@ -23,7 +23,7 @@ from huggingface_hub import ModelCard, ModelCardData, create_repo, get_token, up
 from training import plots
 
 FIGURES = ("loss.png", "samples_over_training.png")  # drawn by write_model_card from the run's history and grids
-UPLOAD_PATTERNS = ["model_index.json", "unet/*", "scheduler/*", "README.md", "samples.png", "eval/*",
+UPLOAD_PATTERNS = ["model_index.json", "unet/*", "scheduler/*", "README.md", "samples.png", "sheet.png", "eval/*",
                    "training_args.json", *FIGURES]
 DEFAULT_DATASET_NOTE = ("the bundled Dungeon Crawl Stone Soup sprites (`data/sprites_dcss.npz`; tiles by the "
                         "Dungeon Crawl Stone Soup team and RLTiles contributors, GPL-2+, most of them CC0)")

@@ -17,14 +17,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_NPZ = Path(__file__).resolve().parents[1] / "data" / "sprites_dcss.npz"
+from model.sprites import (  # noqa: F401  (the pixel helpers and the bundled set live in the core)
+    BACKGROUND,
+    DEFAULT_NPZ,
+    DOWNSCALES,
+    DatasetError,
+    default_sprites,
+    fit_pixel_art,
+    palette_downscale,
+    resize_array,
+)
+
 COURSE_CONTEXTS = ["hero", "non-hero", "food", "spell", "side-facing"]
-BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto this, as in the bundled set
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
-
-
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file or field at fault."""
 
 
 @dataclass(eq=False)
@@ -53,52 +58,6 @@ class SpriteDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- pixels
 
-def fit_pixel_art(im: Image.Image, resolution: int) -> np.ndarray:
-    """Any image -> (R, R, 3) uint8: composite transparency, pad to square, resize for pixel art.
-
-    Shrinking averages areas (a 2x2 mean for 32 -> 16, keeping thin outlines as soft lines);
-    enlarging repeats pixels (nearest), so hard pixel edges stay hard.
-    """
-    if im.mode != "RGBA":
-        im = im.convert("RGBA")
-    w, h = im.size
-    side = max(w, h)
-    canvas = Image.new("RGBA", (side, side), BACKGROUND + (255,))
-    canvas.alpha_composite(im, ((side - w) // 2, side - h))
-    rgb = canvas.convert("RGB")
-    if side != resolution:
-        rgb = rgb.resize((resolution, resolution), Image.BOX if side > resolution else Image.NEAREST)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def _resize_array(images: np.ndarray, resolution: int) -> np.ndarray:
-    if images.shape[1:3] == (resolution, resolution):
-        return images
-    return np.stack([fit_pixel_art(Image.fromarray(im), resolution) for im in images])
-
-
-def palette_downscale(images: np.ndarray) -> np.ndarray:
-    """(N, 2R, 2R, 3) uint8 -> (N, R, R, 3): each 2x2 block becomes one of its own colours.
-
-    Area averaging invents in-between colours the pixel art never had (a 1-pixel outline turns into a
-    grey smear); picking one of the block's pixels keeps the art's palette. The pick: the block's most
-    frequent colour, the darkest on a tie (outlines survive); when all four differ, the medoid (the
-    colour closest to the other three), so a smooth gradient does not turn dark.
-    """
-    n, h, w, _ = images.shape
-    if h % 2 or w % 2:
-        raise DatasetError(f"palette downscale needs even sizes, got {h}x{w}")
-    blocks = images.reshape(n, h // 2, 2, w // 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4, 3)
-    b = blocks.astype(np.int64)
-    codes = (b[..., 0] << 16) | (b[..., 1] << 8) | b[..., 2]
-    counts = (codes[..., :, None] == codes[..., None, :]).sum(-1)
-    spread = np.abs(b[..., :, None, :] - b[..., None, :, :]).sum((-1, -2))  # L1 distance to the other three
-    luma = b @ np.array([299, 587, 114])
-    tie_break = np.where(counts.max(-1, keepdims=True) > 1, luma, spread)  # both < 10^6
-    pick = (counts * 10**7 - tie_break).argmax(-1)
-    return np.take_along_axis(blocks, pick[..., None, None], axis=3)[..., 0, :]
-
-
 def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
     """Labels must be (N, C) with entries 0 or 1 and at least one 1 per row."""
     if labels.ndim != 2 or labels.shape[1] == 0:
@@ -125,35 +84,12 @@ def _names(context_names: list[str] | None, n: int, default: list[str], where: s
 
 def _make(images: np.ndarray, labels: np.ndarray, names: list[str], resolution: int, hflip: bool) -> SpriteDataset:
     """uint8 (N, H, W, 3) + labels -> SpriteDataset at the training resolution."""
-    x = torch.from_numpy(np.ascontiguousarray(_resize_array(images, resolution)))
+    x = torch.from_numpy(np.ascontiguousarray(resize_array(images, resolution)))
     x = x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
     return SpriteDataset(x, torch.from_numpy(labels.astype(np.float32)), list(names), hflip)
 
 
 # ----------------------------------------------------------------------------- loaders
-
-DOWNSCALES = ("palette", "area")
-
-
-def default_sprites(resolution: int = 16, downscale: str = "palette") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Bundled sprites as uint8 (N, R, R, 3), one-hot labels (N, 5) and context names.
-
-    downscale: how the 16 px sprites come from the 32 px tiles: "palette" (palette_downscale) or
-    "area" (the 2x2 mean stored in the file).
-    """
-    if downscale not in DOWNSCALES:
-        raise DatasetError(f"downscale must be one of {', '.join(DOWNSCALES)}, got {downscale!r}")
-    if not DEFAULT_NPZ.exists():
-        raise DatasetError(f"{DEFAULT_NPZ}: bundled dataset missing; rebuild it: python -m training.build_dataset")
-    with np.load(DEFAULT_NPZ, allow_pickle=False) as z:
-        labels, names = z["labels"], [str(s) for s in z["context_names"]]
-        if resolution == 16 and downscale == "palette":
-            images = palette_downscale(z["images32"])
-        else:
-            key = f"images{resolution}" if f"images{resolution}" in z.files else "images32"
-            images = _resize_array(z[key], resolution)
-    return images, labels, names
-
 
 def _load_npy(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
@@ -313,7 +249,7 @@ def load_hub(repo: str, revision: str | None = None, split: str = "train", image
         ds = hf.load_dataset(repo, revision=revision, split=split)
     except Exception as e:  # the library raises many types: not found, offline, no data files, bad split...
         images, labels, names = _hub_npy(repo, revision, image_column, label_column, context_names, e)
-        return _resize_array(images, resolution), labels, names
+        return resize_array(images, resolution), labels, names
     missing = [c for c in (image_column, label_column) if c not in ds.column_names]
     if missing:
         raise DatasetError(f"{where}: no column {' or '.join(map(repr, missing))}; it has {ds.column_names} "

@@ -20,14 +20,10 @@ from model import MAX_IMAGES, SAMPLERS, SpritePipeline, fit_sprite, to_uint8, up
 from model.batching import Busy
 from model.gallery import display_grid, save_gif, save_sheet
 from model.inputs import InputError, choice, flag, real_number, weight_vector, whole_number
+from model.sprites import default_sprites
 from model.walk import MAX_STOPS, context_walk, walk_sprites
 from ui.figures import schedule_figure
 from ui.forward import GuessCurves, forward_view, network_guess
-
-try:  # the bundled sprites for the forward-process tab; without them, uploads still work
-    from training.sprite_data import default_sprites
-except ImportError:
-    default_sprites = None
 
 MIXED, UNCONDITIONAL = "mixed", "unconditional"
 SAMPLER_LABELS = [s.label for s in SAMPLERS.values()]  # what the page and the API take ("DDIM"); names work too
@@ -191,6 +187,8 @@ class SpriteApp:
                  f"({n / seconds:.1f} steps/s), seed {seed}")
         if getattr(self.pipe, "compiling", False):
             stats += " · this run was eager: the compiled U-Net is still being built (a minute or two after a start)"
+        elif getattr(self.pipe, "compile_error", None):
+            stats += " · eager (uncompiled): torch.compile is unavailable on this machine"
         yield current, predicted, display_grid(sprites, FINAL_WIDTH), str(gif), str(sheet), stats, seed
 
     def compare(self, context: str = "hero", weights: str = "", num_inference_steps: int = COMPARE_STEPS,
@@ -332,11 +330,16 @@ class SpriteApp:
         return fit_sprite(picture, size)  # the pipeline's fitting, shared with redraw and inpaint
 
     def warm_up_note(self):
-        """While the U-Net compiles after a start: a line saying so, and the timer keeps polling; then neither."""
+        """While the U-Net compiles after a start: a line saying so, and the timer keeps polling. Then none, or,
+        where compiling failed, a line saying that every run is uncompiled."""
         if getattr(self.pipe, "compiling", False):
             return (gr.Markdown("**Warming up**: compiling the U-Net (a few minutes after a start). Requests run "
                                 "meanwhile, uncompiled and about 1.7x slower.", visible=True),
                     gr.skip())
+        if error := getattr(self.pipe, "compile_error", None):
+            return (gr.Markdown(f"**Running uncompiled**: torch.compile is unavailable on this machine ({error}), "
+                                "so every run uses the eager U-Net, about 1.7x slower.", visible=True),
+                    gr.Timer(active=False))
         return gr.Markdown(visible=False), gr.Timer(active=False)
 
     def offline_api_examples(self, demo: gr.Blocks) -> Path:
@@ -366,8 +369,6 @@ class SpriteApp:
 
 def _example_sprites(resolution: int, per_context: int = 5) -> tuple[np.ndarray | None, list[str]]:
     """A few bundled sprites of each kind for the forward tab, or (None, []) without the dataset."""
-    if default_sprites is None:
-        return None, []
     try:
         images, labels, names = default_sprites(resolution)
     except (OSError, ValueError):
