@@ -18,7 +18,6 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from gradio import route_utils  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import model  # noqa: E402
@@ -26,6 +25,7 @@ from model import MAX_IMAGES, ModelLoadError, SpritePipeline, load_pipeline, ups
 from model.batching import BUCKETS  # noqa: E402
 from model.unet import describe_unet  # noqa: E402
 from model.walk import MAX_STOPS  # noqa: E402
+from ui import gradio_fixes  # noqa: E402, F401  (installs fixes to gradio's file cache)
 from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as app.X)
     COMPARE_STEPS,
     COMPARED_SAMPLERS,
@@ -46,6 +46,7 @@ from ui.events import (  # noqa: E402, F401  (names tests and benchmarks read as
     _one_hot,
     _sliders_from_text,
     invalid_input,
+    quiet_about_uploads,
     sampler_hint,
 )
 from ui.redraw import build_redraw_tab  # noqa: E402
@@ -62,36 +63,14 @@ QUEUE_SIZE = 256  # requests waiting beyond those sampling; a full queue answers
 # gradio decodes an upload before any check of ours, and a small PNG can hold a huge blank canvas: PIL refuses
 # pictures over twice this many pixels (2048 x 2048), so one upload cannot take gigabytes of memory.
 Image.MAX_IMAGE_PIXELS = 2048 * 2048 // 2
-CSS = """
-.pixelated img, img.pixelated, .pixelated canvas { image-rendering: pixelated; }
-#model-note p { margin: 0; }
-.fill .image-frame, .fill img { width: 100%; height: auto; object-fit: contain; }
-.label-room .image-container { padding-top: var(--size-8); }
-#controls { position: sticky; top: 0; align-self: flex-start; overflow-y: auto; flex-wrap: nowrap;
-            max-height: calc(100vh - 250px); }  /* 250 px: the title, the model line, the tabs and the warm-up note */
-#controls > * { flex-shrink: 0; }
-#dataset-gallery .grid-wrap, #sampler-comparison .grid-wrap { max-height: none; height: auto; overflow: visible; }
-/* each sampler's caption under its grid, not over its bottom row; rows as tall as their content */
-#sampler-comparison .grid-wrap { min-height: 0; }
-#sampler-comparison .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
-#sampler-comparison .thumbnail-item { aspect-ratio: auto; height: auto; display: flex; flex-direction: column; }
-#sampler-comparison .thumbnail-item img { aspect-ratio: 1; height: auto; }
-#sampler-comparison .caption-label { position: static; max-width: none; white-space: normal; border: none;
-                                     border-radius: 0; }
-#run-buttons { position: sticky; bottom: 0; z-index: 10; background: var(--body-background-fill);
-               padding: var(--size-2) 0; }
-"""
-# Number boxes show what the server will get. One the visitor empties stays empty: gradio's slider would put its
-# minimum back on blur (a cleared Steps box ran 1 step); the request then carries no number and the server names
-# the empty box. One typed in exponent notation ("1e9") is written out, as the seed the run reports.
-HEAD = """<script>
-window.addEventListener("blur", (event) => {
-  const box = event.target;
-  if (!(box instanceof HTMLInputElement) || box.type !== "number") return;
-  if (box.value.trim() === "") event.stopImmediatePropagation();
-  else if (/e/i.test(box.value) && Number.isFinite(Number(box.value))) box.value = String(Number(box.value));
-}, true);
-</script>"""
+UI = Path(__file__).resolve().parent / "ui"
+CSS = (UI / "page.css").read_text()  # the page's style
+HEAD = (UI / "head.html").read_text()  # its one script: what number boxes send
+SHOW_RESULTS = """() => {
+  const results = document.querySelector("#live-samples");
+  if (results && results.getBoundingClientRect().top > window.innerHeight * 0.6)
+    results.scrollIntoView({behavior: "smooth", block: "start"});
+}"""
 
 
 def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path | None = None) -> gr.Blocks:
@@ -108,56 +87,57 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
 
         with gr.Tab("Generate"):
             with gr.Row():
-                # The controls stay in view (sticky, scrolling on their own) with the buttons pinned at their foot,
-                # so a 1280x800 screen shows Generate and the live grids at once.
+                # The controls stay in view with their own scrolling list above the run buttons (ui/page.css), so a
+                # 1280x800 screen shows Generate and the results at once; a phone pins Generate to the screen's foot.
                 with gr.Column(scale=1, min_width=320, elem_id="controls"):
-                    special = [("mix (weights below)", MIXED), ("none (unconditional)", UNCONDITIONAL)]
-                    context = gr.Radio([*names, *special], value=names[0], label="Context",
-                                       info="What kind of sprite to draw")
-                    with gr.Accordion("Mix contexts", open=False) as mixer:
-                        sliders = [gr.Slider(0, 2, value=float(i == 0), step=0.05, label=n)
-                                   for i, n in enumerate(names)]
-                        weights = gr.Textbox(_format_weights(s.value for s in sliders), label="Context vector",
-                                             info="One weight per context, as the U-Net receives it")
-                    sampler = gr.Radio(SAMPLER_LABELS, value=DEFAULT_SAMPLER, label="Sampler",
-                                       info="DDPM and DDIM are the course's; the others come from diffusers")
-                    hint = gr.Markdown(sampler_hint(DEFAULT_SAMPLER), elem_id="sampler-hint")
-                    steps = gr.Slider(1, pipe.num_train_steps, value=DEFAULT_STEPS, step=1, label="Steps")
-                    with gr.Row():
-                        add_noise = gr.Checkbox(True, label="Re-add noise (s3·z)",
-                                                info="DDPM only; off shows the collapse")
-                        noise_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Noise scale")
-                    guidance = gr.Slider(0, 5, value=DEFAULT_GUIDANCE, step=0.1, label="Guidance scale",
-                                         info="1 is off; above 1 pushes away from the unconditional sprite; "
-                                              "0 ignores the context")
-                    num_images = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Number of sprites")
-                    with gr.Row():
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
-                        # False is the API's default (predict(seed=42) means seed 42); the page ticks it on load
-                        randomize = gr.Checkbox(False, label="Randomise seed")
-                    with gr.Accordion("Compare samplers", open=False):
-                        compared = gr.CheckboxGroup(SAMPLER_LABELS, value=COMPARED_SAMPLERS, label="Samplers",
-                                                    info="Same seed and starting noise, the steps above")
-                        samplers_button = gr.Button("Compare samplers")
-                    with gr.Accordion("Walk from one context to another", open=False):
-                        ends = [*names, ("none (unconditional)", UNCONDITIONAL)]
+                    with gr.Column(elem_id="control-list"):
+                        special = [("mix (weights below)", MIXED), ("none (unconditional)", UNCONDITIONAL)]
+                        context = gr.Radio([*names, *special], value=names[0], label="Context",
+                                           info="What kind of sprite to draw")
+                        with gr.Accordion("Mix contexts", open=False) as mixer:
+                            sliders = [gr.Slider(0, 2, value=float(i == 0), step=0.05, label=n)
+                                       for i, n in enumerate(names)]
+                            weights = gr.Textbox(_format_weights(s.value for s in sliders), label="Context vector",
+                                                 info="One weight per context, as the U-Net receives it")
+                        sampler = gr.Radio(SAMPLER_LABELS, value=DEFAULT_SAMPLER, label="Sampler",
+                                           info="DDPM and DDIM are the course's; the others come from diffusers")
+                        hint = gr.Markdown(sampler_hint(DEFAULT_SAMPLER), elem_id="sampler-hint")
+                        steps = gr.Slider(1, pipe.num_train_steps, value=DEFAULT_STEPS, step=1, label="Steps")
                         with gr.Row():
-                            walk_start = gr.Dropdown(ends, value=names[0], label="From")
-                            walk_end = gr.Dropdown(ends, value=names[min(2, len(names) - 1)], label="To")
+                            add_noise = gr.Checkbox(True, label="Re-add noise (s3·z)",
+                                                    info="DDPM only; off shows the collapse")
+                            noise_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Noise scale")
+                        guidance = gr.Slider(0, 5, value=DEFAULT_GUIDANCE, step=0.1, label="Guidance scale",
+                                             info="1 is off; above 1 pushes away from the unconditional sprite; "
+                                                  "0 ignores the context")
+                        num_images = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Number of sprites")
                         with gr.Row():
-                            walk_stops = gr.Slider(2, MAX_STOPS, value=WALK_STOPS, step=1, label="Stops")
-                            walk_sprites = gr.Slider(1, MAX_WALK_SPRITES, value=WALK_SPRITES, step=1,
-                                                     label="Sprites per stop")
-                        gr.Markdown("Every stop starts from the same seed, with the sampler, steps and guidance "
-                                    "above; only the context weights move, in even steps.")
-                        walk_button = gr.Button("Walk")
-                    with gr.Accordion("Compare: noise re-adding on vs off", open=False):
-                        compare_steps = gr.Slider(2, pipe.num_train_steps, value=COMPARE_STEPS, step=1,
-                                                  label="DDPM steps",
-                                                  info="DDPM, with the context, guidance, sprites and seed above. "
-                                                       "Re-adding noise needs DDPM's many small steps: over a few "
-                                                       "big ones its noise is too coarse")
-                        compare_button = gr.Button("Compare: noise re-adding on vs off")
+                            seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                            # False is the API's default (predict(seed=42) means seed 42); the page ticks it on load
+                            randomize = gr.Checkbox(False, label="Randomise seed")
+                        with gr.Accordion("Compare samplers", open=False):
+                            compared = gr.CheckboxGroup(SAMPLER_LABELS, value=COMPARED_SAMPLERS, label="Samplers",
+                                                        info="Same seed and starting noise, the steps above")
+                            samplers_button = gr.Button("Compare samplers")
+                        with gr.Accordion("Walk from one context to another", open=False):
+                            ends = [*names, ("none (unconditional)", UNCONDITIONAL)]
+                            with gr.Row():
+                                walk_start = gr.Dropdown(ends, value=names[0], label="From")
+                                walk_end = gr.Dropdown(ends, value=names[min(2, len(names) - 1)], label="To")
+                            with gr.Row():
+                                walk_stops = gr.Slider(2, MAX_STOPS, value=WALK_STOPS, step=1, label="Stops")
+                                walk_sprites = gr.Slider(1, MAX_WALK_SPRITES, value=WALK_SPRITES, step=1,
+                                                         label="Sprites per stop")
+                            gr.Markdown("Every stop starts from the same seed, with the sampler, steps and guidance "
+                                        "above; only the context weights move, in even steps.")
+                            walk_button = gr.Button("Walk")
+                        with gr.Accordion("Compare: noise re-adding on vs off", open=False):
+                            compare_steps = gr.Slider(2, pipe.num_train_steps, value=COMPARE_STEPS, step=1,
+                                                      label="DDPM steps",
+                                                      info="DDPM, with the context, guidance, sprites and seed above. "
+                                                           "Re-adding noise needs DDPM's many small steps: over a few "
+                                                           "big ones its noise is too coarse")
+                            compare_button = gr.Button("Compare: noise re-adding on vs off")
                     with gr.Column(elem_id="run-buttons"):
                         generate_button = gr.Button("Generate", variant="primary", size="lg")
                 with gr.Column(scale=2):
@@ -166,6 +146,9 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                            elem_classes=["pixelated", "fill", "label-room"], buttons=[])
                         predicted = gr.Image(label="Predicted clean sprites x̂₀", format="png", elem_id="live-predicted",
                                              elem_classes=["pixelated", "fill", "label-room"], buttons=[])
+                        final = gr.Image(label="Final sprites", format="png", elem_id="final-grid",
+                                         elem_classes=["pixelated", "fill", "label-room"],
+                                         buttons=["download", "fullscreen"])
                     stats = gr.Markdown("Press **Generate** to start from pure noise.", label="Run details")
                     with gr.Group(visible=False) as compare_group:  # where the eye is, above the final sprites
                         with gr.Row():
@@ -182,13 +165,10 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
                                              format="png", elem_classes=["pixelated", "label-room"],
                                              elem_id="context-walk")
                         walk_note = gr.Markdown(padding=True, label="Walk note")
-                    with gr.Row():
-                        final = gr.Image(label="Final sprites", format="png", elem_classes=["pixelated", "label-room"],
-                                         elem_id="final-grid", buttons=["download", "fullscreen"], scale=3)
-                        with gr.Column(scale=2, min_width=200):
-                            gif = gr.Image(label="Denoising trajectory (GIF)", type="filepath",
-                                           elem_classes=["pixelated", "fill"])
-                            sheet = gr.File(label="Sprite sheet (PNG, native size)")
+                    with gr.Row(equal_height=True):
+                        gif = gr.Image(label="Denoising trajectory (GIF)", type="filepath", elem_id="trajectory",
+                                       elem_classes=["pixelated", "label-room"])
+                        sheet = gr.File(label="Sprite sheet (PNG, native size)")
 
         with gr.Tab("Forward process"):
             gr.Markdown("Training shows the network sprites with noise added. Pick a sprite and move *t*: "
@@ -252,6 +232,9 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         # preprocess=False: the sampler events get the raw request values and check them all.
         sample_inputs = [context, weights, steps, sampler, add_noise, noise_scale, guidance, num_images, seed,
                          randomize]
+        # On a phone the results sit below every control: a click brings them into view (where they are already in
+        # view, it does nothing).
+        generate_button.click(None, js=SHOW_RESULTS)
         generate_button.click(gpu(events.generate), sample_inputs, [current, predicted, final, gif, sheet, stats, seed],
                               api_name="generate", preprocess=False, concurrency_id="sampler",
                               concurrency_limit=events.sampling_limit, show_progress_on=[final])
@@ -281,19 +264,27 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
         # one plain message instead of gradio's "could not preprocess" error with a server path in it.
         t_slider.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_name="forward",
                         concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
-        sprite.change(events.forward, [sprite, t_slider], [noisy, strip, formula], api_visibility="private",
-                      concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+        # A bad upload: check_upload's one message, then the box is cleared; the box's other handlers stay quiet.
+        sprite.upload(events.check_upload, sprite, None, api_visibility="private", show_progress="hidden",
+                      preprocess=False).failure(lambda: None, None, sprite, api_visibility="private", queue=False,
+                                                show_progress="hidden")
+        pick = "Pick a sprite or upload an image."
+        sprite.change(quiet_about_uploads(events.forward, (None, [], pick)), [sprite, t_slider],
+                      [noisy, strip, formula], api_visibility="private", concurrency_limit=4,
+                      trigger_mode="always_last", show_progress="hidden", preprocess=False)
         guess_outputs = [true_noise, guessed_noise, guessed_clean, guess_note]
         t_slider.change(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_name="predict",
                         concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
         for changed in (sprite, told):
-            changed.change(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_visibility="private",
-                           concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+            changed.change(quiet_about_uploads(gpu(events.predict), (None, None, None, pick)),
+                           [sprite, t_slider, told], guess_outputs, api_visibility="private", concurrency_limit=4,
+                           trigger_mode="always_last", show_progress="hidden", preprocess=False)
         demo.load(gpu(events.predict), [sprite, t_slider, told], guess_outputs, api_visibility="private",
                   concurrency_limit=4, show_progress="hidden", preprocess=False)
         for changed in (t_slider, sprite, told):  # the curves are kept per sprite and context: t only moves the marker
-            changed.change(gpu(events.guess_plot), [sprite, t_slider, told], guess_curves, api_visibility="private",
-                           concurrency_limit=4, trigger_mode="always_last", show_progress="hidden", preprocess=False)
+            changed.change(quiet_about_uploads(gpu(events.guess_plot), None), [sprite, t_slider, told], guess_curves,
+                           api_visibility="private", concurrency_limit=4, trigger_mode="always_last",
+                           show_progress="hidden", preprocess=False)
         demo.load(gpu(events.guess_plot), [sprite, t_slider, told], guess_curves, api_visibility="private",
                   concurrency_limit=4, show_progress="hidden", preprocess=False)
         events.offline_api_examples(demo)
@@ -347,29 +338,6 @@ def load_model() -> tuple[SpritePipeline, str]:
         return pipe, f"⚠️ **Could not load MODEL_ID:** {err}. Running the bundled model instead."
     print(f"Loaded MODEL_ID {model_id}" + (f" at revision {revision}" if revision else ""), flush=True)
     return pipe, f"**Model:** `{model_id}`" + (f" at revision `{revision}`" if revision else "") + "."
-
-
-_gradio_cleanup = route_utils.delete_files_created_by_app
-
-
-def _cleanup_on_snapshots(blocks: gr.Blocks, age: int | None) -> None:
-    """gradio's periodic deletion of generated files, run on copies of its file sets.
-
-    Requests add files to those sets while the deletion runs; gradio 6.31 loops over the live sets, fails with
-    "Set changed size during iteration", and its cleanup task then stops for good: files pile up on a busy Space.
-    """
-    live = blocks.temp_file_sets
-    before = [files.copy() for files in live]  # set.copy() holds the GIL: a consistent snapshot
-    blocks.temp_file_sets = [files.copy() for files in before]
-    try:
-        _gradio_cleanup(blocks, age)
-    finally:
-        left, blocks.temp_file_sets = blocks.temp_file_sets, live
-        for files, old, kept in zip(live, before, left, strict=True):
-            files -= old - kept
-
-
-route_utils.delete_files_created_by_app = _cleanup_on_snapshots  # where gradio's cleanup task looks it up
 
 
 def launch(demo: gr.Blocks, queue_size: int | None = None, **kwargs):

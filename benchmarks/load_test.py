@@ -3,15 +3,19 @@
     python benchmarks/load_test.py                          # 32 users, 3 minutes, batched then one at a time
     python benchmarks/load_test.py --no_batching            # only today's one-at-a-time path
     python benchmarks/load_test.py --model user/repo --users 64 --seconds 300 --json load.json
+    python benchmarks/load_test.py --modes batched --same_request   # every user sends the API's defaults
 
-The app runs in a child process, so its memory can be read from /proc, with a temp folder of its own, so its
-files can be counted. Each user sends the page's default /generate request (16 sprites, the default sampler,
-steps and guidance, streamed) back to back; a request refused as busy is retried a few seconds later, as a
-person would. Each mode runs in a fresh server: "batched" merges the U-Net calls of every request in flight
-(model/batching.py), "one at a time" samples one request at a time with up to 16 waiting (the app before
-batching). The report, a column per mode: throughput (sprites x steps per second), time to the first streamed
-frame and to the final sprites (p50, p95), refusals, failures, the server's memory across the run, and the temp
-files left once gradio's cleanup has run (the app keeps files for 30 minutes; here --cleanup_age s).
+The app runs in a child process, so its memory can be read from /proc, with a temp folder of its own, so its files
+can be counted. Each user sends the page's default /generate request (16 sprites, the default sampler, steps and
+guidance, streamed) back to back; a request refused as busy is retried a few seconds later, as a person would. Each
+user downloads every file the stream names, as the page does, and the final grid, GIF and sheet are decoded whole (a
+download cut off counts against the run). With --same_request all users send the same request, so every answer holds
+the same pictures, which gradio stores under one name. Each mode runs in a fresh server: "batched" merges the U-Net
+calls of every request in flight (model/batching.py), "one at a time" samples one request at a time with up to 16
+waiting (the app before batching). The report, a column per mode: throughput (sprites x steps per second), time to
+the first streamed frame and to the final sprites (p50, p95), refusals, failures, the server's memory across the
+run, and the temp files left once gradio's cleanup has run (the app keeps files for 30 minutes; here --cleanup_age
+s).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import httpx  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.utils import QueueError  # noqa: E402
+from PIL import Image, ImageSequence  # noqa: E402
 
 from ui.events import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: E402
 
@@ -66,6 +71,8 @@ class Results:
     peak_rss_mb: float = 0.0
     temp_files: dict[str, int] = field(default_factory=dict)
     server_tracebacks: int = 0
+    files_checked: int = 0  # final pictures downloaded and decoded whole (grid, GIF, sheet)
+    files_incomplete: list[str] = field(default_factory=list)
 
 
 # ---- the server, in a child process ----------------------------------------------------------
@@ -131,6 +138,19 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, load average {load} at the start"
 
 
+def incomplete(path: str | None) -> str | None:
+    """Why a downloaded picture is not whole (missing, empty, cut off), or None: PIL decodes every frame."""
+    if not path or not Path(path).is_file():
+        return "missing"
+    try:
+        with Image.open(path) as picture:
+            for frame in ImageSequence.Iterator(picture):
+                frame.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"{Path(path).stat().st_size} bytes, {type(err).__name__}: {err}"
+    return None
+
+
 def default_request(args: argparse.Namespace, context: str, seed: int) -> dict:
     return dict(context=context, weights="", num_inference_steps=args.steps, sampler=args.sampler, add_noise=True,
                 noise_scale=1.0, guidance_scale=args.guidance_scale, num_images=args.num_images, seed=seed,
@@ -147,11 +167,13 @@ def run_users(url: str, args: argparse.Namespace, results: Results, server_pid: 
 
     def user(index: int) -> None:
         rng = random.Random(index)
-        client = Client(url, download_files=False, analytics_enabled=False, verbose=False)
+        downloads = Path(tempfile.mkdtemp(prefix=f"user-{index}-"))
+        client = Client(url, download_files=str(downloads), analytics_enabled=False, verbose=False)
         repeat = False
         while time.monotonic() < deadline:
-            request = default_request(args, rng.choice(["hero", "non-hero", "food", "spell", "item"]),
-                                      rng.randint(0, 2**31 - 1))
+            request = default_request(args, "hero", 0) if args.same_request else \
+                default_request(args, rng.choice(["hero", "non-hero", "food", "spell", "item"]),
+                                rng.randint(0, 2**31 - 1))
             began = time.perf_counter()
             job = client.submit(**request, api_name="/generate")
             try:
@@ -165,7 +187,10 @@ def run_users(url: str, args: argparse.Namespace, results: Results, server_pid: 
                         raise TimeoutError("no answer after the run's end plus 300 s")
                     time.sleep(0.02)
                 outputs = job.result()
+                broken = [f"{Path(p).name}: {reason}" for p in outputs[2:5] if (reason := incomplete(p))]
                 with lock:
+                    results.files_checked += 3
+                    results.files_incomplete.extend(broken)
                     results.completed.append(time.perf_counter() - began)
                     results.first_frame.append(first or results.completed[-1])
                     results.repeat.append(repeat)
@@ -179,6 +204,9 @@ def run_users(url: str, args: argparse.Namespace, results: Results, server_pid: 
                 job.cancel()
                 with lock:
                     results.failed.append(f"{type(err).__name__}: {str(err)[:200]}")
+            finally:
+                for child in downloads.iterdir():  # this request's files, checked
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     def monitor() -> None:
         while not done.is_set():
@@ -281,7 +309,9 @@ def markdown(runs: list[Results]) -> str:
             f"p50 {percentile(r.sampling, 50):.2f} s, p95 {percentile(r.sampling, 95):.2f} s",
             f"{len(r.rejected)}" + (f", answered in a median {percentile(r.rejected, 50) * 1000:.0f} ms"
                                     if r.rejected else ""),
-            str(len(r.failed)),
+            str(len(r.failed)) + (f" ({'; '.join(sorted(set(r.failed))[:3])})" if r.failed else ""),
+            f"{r.files_checked} / {len(r.files_incomplete)}"
+            + (f" ({'; '.join(r.files_incomplete[:3])})" if r.files_incomplete else ""),
             f"{r.rss_mb[0][1]:.0f}, then {' / '.join(f'{rss_when(r, q):.0f}' for q in (0.25, 0.5, 0.75, 1))} MB"
             if r.rss_mb else "n/a",
             f"{r.peak_rss_mb:.0f} MB",
@@ -291,7 +321,8 @@ def markdown(runs: list[Results]) -> str:
     names = ["Completed requests", "Throughput, sprites x steps per second", "Time to the first streamed frame",
              "The same, leaving out each user's first request (all users arrive at once)",
              "Time to the final sprites", "Sampling time per request (server side)", "Refused as busy",
-             "Failed otherwise", "Server RSS after warm-up, then at 25 / 50 / 75 / 100% of completions",
+             "Failed otherwise", "Final pictures downloaded / incomplete",
+             "Server RSS after warm-up, then at 25 / 50 / 75 / 100% of completions",
              "Server peak RSS", "Temp files: the page's own / after the load / after cleanup",
              "Tracebacks in the server log"]
     columns = [cells(r) for r in runs]
@@ -314,6 +345,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=180, help="each user sends requests for this long, per mode")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="run these, in this order")
     p.add_argument("--no_batching", action="store_true", help="only the one-at-a-time path (--modes 'one at a time')")
+    p.add_argument("--same_request", action="store_true",
+                   help="every user sends the API's defaults (hero, seed 0), so every answer is the same pictures")
     p.add_argument("--num_images", type=int, default=16)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--sampler", default=DEFAULT_SAMPLER)

@@ -25,6 +25,7 @@ import model.loading
 from model import SpritePipeline, build_unet, load_pipeline, make_scheduler, to_uint8
 from model.gallery import forward_noise
 from model.images import sprite_tensor
+from ui import gradio_fixes
 from ui.forward import guess_by_step
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
@@ -523,9 +524,9 @@ def test_generated_files_are_removed_by_the_cache_cleanup(server, client):
     folder = Path(demo.GRADIO_CACHE) / "sprite-diffusion"
     files = [folder / sheet, folder / sheet.replace("sprites-", "denoising-").replace(".png", ".gif")]
     assert all(f.is_file() for f in files) and demo.delete_cache == (600, 1800)
-    # What delete_cache runs every 10 minutes, looked up where gradio's task looks it up: app.py's wrapper (a
-    # reference taken at import time could be gradio's own, depending on which test module imported app first).
-    assert route_utils.delete_files_created_by_app is app._cleanup_on_snapshots
+    # What delete_cache runs every 10 minutes, looked up where gradio's task looks it up: ui/gradio_fixes.py's
+    # wrapper (a reference taken at import time could be gradio's own, depending on which module imported app first).
+    assert route_utils.delete_files_created_by_app is gradio_fixes.cleanup_on_snapshots
     route_utils.delete_files_created_by_app(demo, None)  # for files over 30 minutes old
     assert not any(f.exists() for f in files)
 

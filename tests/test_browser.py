@@ -10,6 +10,7 @@ server. Outside CI it skips when chromium or playwright is missing; in CI (CI=tr
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +93,38 @@ def wait_for_image(page, selector: str) -> None:
     }""", arg=selector, timeout=TIMEOUT_MS)
 
 
+def image_src(page, selector: str) -> str | None:
+    picture = page.locator(f"{selector} img")
+    return picture.first.get_attribute("src") if picture.count() else None
+
+
+def wait_for_new_image(page, selector: str, old: str | None) -> None:
+    """Until the element shows a loaded picture other than ``old`` (what it showed before the change)."""
+    page.wait_for_function("""([selector, old]) => {
+        const img = document.querySelector(selector + ' img');
+        return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== old;
+    }""", arg=[selector, old], timeout=TIMEOUT_MS)
+
+
+def set_slider(page, label: str, value: int | float) -> None:
+    """Type a value into a slider's number box until the slider itself shows it: the value has reached the page's
+    state, which is what a click sends. Typed right after its accordion opened, the box can be re-rendered with the
+    old value (CI ran a comparison at 50 steps after 20 was typed), so the typing is repeated until it holds."""
+    from playwright.sync_api import expect  # present: the sync_playwright fixture skips (or fails) otherwise
+    box, track = page.get_by_label(f"number input for {label}"), page.get_by_label(f"range slider for {label}")
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        box.fill(str(value))
+        box.press("Tab")
+        try:
+            expect(track).to_have_value(str(value), timeout=5_000)
+            expect(box).to_have_value(str(value), timeout=1_000)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def untick_randomise_seed(page) -> None:
     """Untick "Randomise seed" once the page's load event has ticked it: unticked earlier, the load's tick can
     land after it on a slow machine, and the run then takes a random seed (seen in CI)."""
@@ -166,7 +199,7 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
                 page.screenshot(path=screenshots / "noise-off.png", full_page=True)
 
                 page.get_by_text("Compare: noise re-adding on vs off").first.click()  # the accordion
-                page.get_by_label("number input for DDPM steps").fill("20")  # quicker than its 100 in a test
+                set_slider(page, "DDPM steps", 20)  # quicker than its default in a test
                 page.get_by_role("button", name="Compare: noise re-adding on vs off", exact=True).click()
                 page.get_by_text("Same seed (3), same 20 DDPM steps").wait_for(timeout=TIMEOUT_MS)
                 page.screenshot(path=screenshots / "compare.png", full_page=True)
@@ -195,6 +228,8 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
                 plot = page.locator("#schedule-plot img")
                 plot.wait_for(timeout=TIMEOUT_MS)
                 at_250 = plot.get_attribute("src")
+                wait_for_image(page, "#guess-plot")  # the page's first guess, at t = 250
+                curves_at_250 = image_src(page, "#guess-plot")
                 box = page.get_by_label("number input for Timestep t")
                 box.fill("400")
                 box.press("Enter")  # the marker follows the slider: the plot is redrawn at t = 400
@@ -205,8 +240,7 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
                 # the network's guess follows
                 page.get_by_text("One U-Net call at t = 400").wait_for(timeout=TIMEOUT_MS)
                 wait_for_image(page, "#predicted-clean")
-                wait_for_image(page, "#guess-plot")  # the same guess at every t, marked at 400
-                page.wait_for_timeout(500)
+                wait_for_new_image(page, "#guess-plot", curves_at_250)  # the same guess at every t, marked at 400
                 page.screenshot(path=screenshots / "forward.png", full_page=True)
 
                 page.get_by_role("tab", name="Redraw").click()

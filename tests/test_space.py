@@ -16,12 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from conftest import HUB_TOKEN
 from gradio_client import Client
 from hub_server import HubServer, is_binary
-from huggingface_hub import snapshot_download
+from huggingface_hub import HfApi, snapshot_download
 from packaging.requirements import Requirement
 from PIL import Image
 
@@ -151,6 +152,33 @@ def test_publish_refuses_with_one_sentence_and_publishes_nothing(hub_server, mon
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     assert "cannot reach the Hub at http://127.0.0.1:" in refusal(SPACE)
     assert hub_server.repos == {}
+
+
+def test_a_failure_after_the_model_push_says_what_reached_the_hub(hub_server, monkeypatch, tiny_dir, capsys):
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub_server.url)
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    upload = HfApi.upload_folder
+
+    def network_down_for_spaces(self, *args, **kwargs):
+        if kwargs.get("repo_type") == "space":
+            raise httpx.ConnectError("connection refused")
+        return upload(self, *args, **kwargs)
+    monkeypatch.setattr(HfApi, "upload_folder", network_down_for_spaces)
+    assert publish_space.main([SPACE, "--model", "tester/sprite-model", "--model_dir", str(tiny_dir)]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bars of the model's push
+    assert err.startswith("error: cannot reach the Hub at ")
+    assert f"pushed {tiny_dir} to the model repo tester/sprite-model; created the Space repo {SPACE}" in err
+    assert "Rerun the same command to finish" in err
+    assert hub_server.files(SPACE, repo_type="space") == {}  # the Space is there, empty, as the message says
+
+
+def test_the_about_tab_names_the_space_it_runs_in(monkeypatch):
+    import app
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert app.about_text() == app.ABOUT
+    monkeypatch.setenv("SPACE_ID", "someone/sprites")
+    assert "This Space is `someone/sprites`" in app.about_text()
+    assert 'duplicate_repo("someone/sprites", to_id=' in app.about_text()
 
 
 # ---- the published Space, run as a Space runs it --------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from huggingface_hub import ModelCard, ModelCardData, create_repo, get_token, upload_folder
+from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 
 from training import plots
 
@@ -49,9 +49,10 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, p
                 commit_message: str = "Upload sprite diffusion model") -> str:
     """create_repo + upload_folder; returns the full repo id. Raises PushError with the reason."""
     try:
-        repo = create_repo(repo_id, token=token, private=private or None, exist_ok=True)
-        upload_folder(repo_id=repo.repo_id, folder_path=str(folder), allow_patterns=UPLOAD_PATTERNS,
-                      commit_message=commit_message, token=token)
+        api = HfApi(token=token)  # made per call: it reads the Hub's address (HF_ENDPOINT) now, not at import
+        repo = api.create_repo(repo_id, private=private or None, exist_ok=True)
+        api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), allow_patterns=UPLOAD_PATTERNS,
+                          commit_message=commit_message)
     except Exception as err:  # HTTP errors, connection errors, bad repo ids: the reason is what matters
         reason = " ".join(str(err).split())[:600] or type(err).__name__
         raise PushError(f"push to Hub repo {repo_id!r} failed: {redact(reason, token)}") from None

@@ -33,6 +33,8 @@ SPACE_FILES = {
     "model/*.py": "the core the app runs",
     "model/default/**/*": "the bundled model, the app's default and its fallback",
     "ui/*.py": "the page's event functions",
+    "ui/page.css": "the page's style",
+    "ui/head.html": "the page's script for number boxes",
     "data/sprites_dcss.npz": "the dataset sprites of the Forward and Redraw tabs",
     "data/LICENSE-DATA.md": "the sprites' licence and credits",
     "docs/about.md": "the About tab's text",

@@ -9,6 +9,7 @@ import re
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -76,16 +77,17 @@ def invalid_input(message: str) -> gr.Error:
     return gr.Error(message, title="Invalid input", print_exception=False)
 
 
-def read_upload(value: object) -> np.ndarray | Image.Image | None:
+def read_upload(value: object, field: str = "sprite") -> np.ndarray | Image.Image | None:
     """An upload as the event receives it raw (a file's path, gradio's file dict, or an array from Python) ->
-    a picture, or a plain message: not an image, or too large, with no traceback and no server path."""
+    a picture, or a plain message naming the field: not an image, or too large, with no traceback and no server
+    path."""
     if value is None or isinstance(value, np.ndarray):
         return value
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, str | Path):
-        raise invalid_input("sprite must be an image file (PNG, GIF, JPEG, WebP or BMP)")
-    too_large = f"sprite: image too large: at most {MAX_UPLOAD_SIDE} x {MAX_UPLOAD_SIDE} pixels"
-    not_an_image = "sprite: not an image: the file could not be read as PNG, GIF, JPEG, WebP or BMP"
+        raise invalid_input(f"{field} must be an image file (PNG, GIF, JPEG, WebP or BMP)")
+    too_large = f"{field}: image too large: at most {MAX_UPLOAD_SIDE} x {MAX_UPLOAD_SIDE} pixels"
+    not_an_image = f"{field}: not an image: the file could not be read as PNG, GIF, JPEG, WebP or BMP"
     try:
         picture = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
     except Image.DecompressionBombError as err:  # PIL's own limit (app.py sets it) is met before ours
@@ -101,6 +103,18 @@ def read_upload(value: object) -> np.ndarray | Image.Image | None:
     except (OSError, ValueError):  # truncated or corrupt pixel data
         raise invalid_input(not_an_image) from None
     return picture
+
+
+def quiet_about_uploads(handler: Callable, cleared: object) -> Callable:
+    """``handler`` for a page event that follows a sprite box: an unreadable upload gives ``cleared`` instead of
+    an error. SpriteApp.check_upload reports it once; each of the box's handlers raising it too showed the same
+    message up to six times, and left the previous sprite's pictures on screen."""
+    def call(*args):
+        try:
+            return handler(*args)
+        except gr.Error:
+            return cleared
+    return call
 
 
 class SpriteApp:
@@ -271,6 +285,11 @@ class SpriteApp:
                        f"{args['guidance_scale']:g}. Columns, left to right, get the context vectors: "
                        + " · ".join(f"[{w}]" for w in labels))
             yield display_grid(walk_sprites(columns, stops), FINAL_WIDTH, ncols=stops), caption, args["seed"]
+
+    @staticmethod
+    def check_upload(sprite: object) -> None:
+        """The one message for an unreadable upload (the page then clears the box: nothing of it stays)."""
+        read_upload(sprite)
 
     def forward(self, sprite: np.ndarray | dict | str | None, t: int = 250):
         """The forward process on one sprite: (x_t, strip at t = 0/100/250/500, formula)."""

@@ -30,8 +30,10 @@ def forward_view(pipe: SpritePipeline, clean: np.ndarray, t: int) -> tuple[Image
     """(x_t enlarged, the strip at STRIP's steps with captions, the formula with this t's coefficients)."""
     copies = noisy_copies(clean, pipe.noise_schedule, [t, *STRIP])
     ab = float(pipe.noise_schedule.alpha_bar[t])
-    formula = (f"$$x_{{{t}}} = \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + \\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon"
-               f" = {ab ** 0.5:.3f}\\,x_0 + {(1 - ab) ** 0.5:.3f}\\,\\epsilon$$")
+    # Two aligned lines: on one, a phone's screen cut the coefficients off.
+    formula = (f"$$\\begin{{aligned}} x_{{{t}}} &= \\sqrt{{\\bar\\alpha_{{{t}}}}}\\,x_0 + "
+               f"\\sqrt{{1-\\bar\\alpha_{{{t}}}}}\\,\\epsilon \\\\ "
+               f"&= {ab ** 0.5:.3f}\\,x_0 + {(1 - ab) ** 0.5:.3f}\\,\\epsilon \\end{{aligned}}$$")
     strip = [(upscale(c, STRIP_SCALE), f"t = {s}") for c, s in zip(copies[1:], STRIP, strict=True)]
     return upscale(copies[0], SPRITE_SCALE), strip, formula
 

@@ -25,6 +25,7 @@ from ui.events import (
     UNCONDITIONAL,
     SpriteApp,
     invalid_input,
+    quiet_about_uploads,
     read_upload,
     sampler_hint,
 )
@@ -170,7 +171,7 @@ class RedrawEvents:
         for layer in layers:
             if layer is None:
                 continue
-            picture = read_upload(layer)
+            picture = read_upload(layer, field="mask")
             if isinstance(picture, np.ndarray) and picture.ndim == 2:
                 try:
                     repaint |= fit_mask(picture, size) if picture.any() else False
@@ -344,8 +345,14 @@ def build_redraw_tab(events: SpriteApp, pipe, gpu: Callable = lambda fn: fn) -> 
                          show_progress_on=[repainted])
     quiet = dict(api_visibility="private", concurrency_limit=4, trigger_mode="always_last", show_progress="hidden",
                  preprocess=False)
-    strength.change(tab.start_point, [sprite, strength], [start_image, start_note], **quiet)
-    sprite.change(tab.canvas, [sprite, strength], [start_image, start_note, mask], **quiet)
+    strength.change(quiet_about_uploads(tab.start_point, (None, "Pick a sprite or upload one.")), [sprite, strength],
+                    [start_image, start_note], **quiet)
+    # A bad upload: check_upload's one message, then the box is cleared (see app.py's forward tab).
+    sprite.upload(tab.app.check_upload, sprite, None, api_visibility="private", show_progress="hidden",
+                  preprocess=False).failure(lambda: None, None, sprite, api_visibility="private", queue=False,
+                                            show_progress="hidden")
+    sprite.change(quiet_about_uploads(tab.canvas, (None, "Pick a sprite or upload one.", None)), [sprite, strength],
+                  [start_image, start_note, mask], **quiet)
     sampler.change(sampler_hint, sampler, hint, api_visibility="private", queue=False, show_progress="hidden")
     if events.examples is not None:
         gallery.select(events.pick_example, None, sprite, api_visibility="private", queue=False)
