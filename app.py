@@ -69,7 +69,7 @@ HEAD = (UI / "head.html").read_text()  # its one script: what number boxes send
 SHOW_RESULTS = """() => {
   const results = document.querySelector("#live-samples");
   if (results && results.getBoundingClientRect().top > window.innerHeight * 0.6)
-    results.scrollIntoView({behavior: "smooth", block: "start"});
+    results.scrollIntoView({block: "start"});
 }"""
 
 

@@ -291,7 +291,9 @@ def test_page_generates_sprites_without_outside_requests(sync_playwright, url, t
 def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd):
     """A visitor on a laptop screen right after a start: the warm-up line shows while the U-Net "compiles" (the
     flag the background compile sets; tests/test_fast.py covers the compile itself), a request made meanwhile
-    runs, Generate and both live grids are in view while it does, and hostile uploads get one plain message."""
+    runs, Generate and both live grids are in view while it does and the results after it, a slider typed out of
+    range says what it took, hostile uploads get one plain message each, and where compiling failed the page says
+    the runs are uncompiled (tests/test_space.py starts the app without a C compiler)."""
     from playwright.sync_api import expect  # present: the sync_playwright fixture skips (or fails) otherwise
 
     url, pipe = served
@@ -322,21 +324,56 @@ def test_the_first_minutes_at_1280x800(sync_playwright, served, tmp_path, capfd)
                     page.screenshot(path=screenshots / "laptop-warm-up.png")
                     pipe.compiling = False
                     page.locator("#warm-up").get_by_text("Warming up").wait_for(state="hidden", timeout=TIMEOUT_MS)
+                    wait_for_new_final(page, None)
+                    # The results fit the screen, and the run buttons sit below the controls, covering none of them.
+                    for selector in ("#final-grid img", "#trajectory img", "#run-buttons button >> nth=0"):
+                        box = page.locator(selector).bounding_box()
+                        assert box and 0 <= box["y"] and box["y"] + box["height"] <= 800, (selector, box)
+                    controls, buttons = (page.locator(s).bounding_box() for s in ("#control-list", "#run-buttons"))
+                    assert buttons["y"] >= controls["y"] + controls["height"] - 1, (controls, buttons)
+
+                    # A slider's box typed out of range: gradio brings it back into range, and the page says so.
+                    steps = page.get_by_label("number input for Steps")
+                    for typed, shown, note in (("501", "500", "Steps takes 1 to 500: 501 became 500."),
+                                               ("0", "1", "Steps takes 1 to 500: 0 became 1.")):
+                        steps.fill(typed)
+                        steps.press("Tab")
+                        expect(page.get_by_label("range slider for Steps")).to_have_value(shown, timeout=TIMEOUT_MS)
+                        page.get_by_role("status").get_by_text(note).wait_for(timeout=TIMEOUT_MS)
+                    set_slider(page, "Steps", app.DEFAULT_STEPS)
+                    expect(page.get_by_role("status").filter(has_text="Steps takes")).to_have_count(0)
 
                     page.get_by_role("tab", name="Forward process").click()
                     upload = page.locator("#forward-sprite input[type=file]")
                     clear = page.locator("#forward-sprite").get_by_role("button", name=re.compile("clear|remove", re.I))
-                    for path, message, name in ((fake, "not an image", "upload-not-an-image"),
-                                                (huge, "image too large", "upload-too-large")):
-                        clear.click()
+                    clear.click()  # the dataset sprite the tab starts with
+                    page.locator("#forward-sprite img").wait_for(state="detached", timeout=TIMEOUT_MS)
+                    for path, message, name in ((fake, "sprite: not an image", "upload-not-an-image"),
+                                                (huge, "sprite: image too large", "upload-too-large")):
                         upload.set_input_files(str(path))
+                        # One message, and the box and the pictures that followed the old sprite are cleared.
                         page.get_by_text(message).first.wait_for(timeout=TIMEOUT_MS)
+                        page.get_by_text("Pick a sprite or upload an image.").first.wait_for(timeout=TIMEOUT_MS)
+                        expect(page.locator("#predicted-clean img")).to_have_count(0, timeout=TIMEOUT_MS)
+                        expect(page.locator("#forward-sprite img")).to_have_count(0, timeout=TIMEOUT_MS)
+                        expect(page.get_by_text(message)).to_have_count(1)
                         page.screenshot(path=screenshots / f"{name}.png")
                         assert str(tmp_path) not in page.locator("body").inner_text()
+                        for close in page.get_by_label("Close").all():  # the toast
+                            close.click()
+
+                    # Where torch.compile cannot work (no C compiler), the page says every run is uncompiled.
+                    pipe.compile_error = "InvalidCxxCompiler: No working C++ compiler found"
+                    page.reload()
+                    page.locator("#warm-up").get_by_text("Running uncompiled").wait_for(timeout=TIMEOUT_MS)
+                    old = final_src(page)
+                    page.get_by_role("button", name="Generate", exact=True).click()
+                    wait_for_new_final(page, old)
+                    assert "eager (uncompiled): torch.compile is unavailable" in page.locator("body").inner_text()
             finally:
                 browser.close()
     finally:
-        pipe.compiling = False
+        pipe.compiling, pipe.compile_error = False, None
     assert "Traceback" not in capfd.readouterr().err  # a visitor's bad upload is not a server fault
 
 
@@ -375,5 +412,61 @@ def test_number_boxes_send_what_they_show(sync_playwright, url, tmp_path):
                 wait_for_new_final(page, old)
                 assert "seed 1000000000" in page.locator("body").inner_text()
                 assert seed.input_value() == "1000000000"
+        finally:
+            browser.close()
+
+
+def test_a_phone_shows_every_tab_and_the_results_and_clips_nothing(sync_playwright, url, tmp_path):
+    """390x844, a phone's screen: the tabs by name (not behind gradio's unlabelled overflow menu), the results in
+    view after a tap on Generate (they sit below all the controls), galleries and the formula within the screen,
+    and the U-Net table's words whole."""
+    from playwright.sync_api import expect  # present: the sync_playwright fixture skips (or fails) otherwise
+
+    screenshots = README_SCREENSHOTS if os.environ.get("SAVE_SCREENSHOTS") == "1" else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            with evidence_on_failure(page, tmp_path):
+                page.goto(url)
+                generate = page.get_by_role("button", name="Generate", exact=True)
+                generate.wait_for(timeout=TIMEOUT_MS)
+                for name in ("Generate", "Forward process", "Redraw", "About"):
+                    expect(page.get_by_role("tab", name=name, exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+                expect(page.get_by_label("More tabs")).to_be_hidden()
+                generate.tap()
+                wait_for_image(page, "#live-samples")
+                page.wait_for_function("""() => {  // scrolled into view: the whole live grid on the screen
+                    const img = document.querySelector('#live-samples img');
+                    const box = img && img.getBoundingClientRect();
+                    return box && box.height > 100 && box.top >= 0 && box.bottom <= window.innerHeight;
+                }""", timeout=TIMEOUT_MS)
+                wait_for_new_final(page, None)
+                page.screenshot(path=screenshots / "phone-generate.png")
+
+                page.get_by_role("tab", name="Forward process").tap()
+                page.get_by_text("The same sprite at t = 0, 100, 250, 500").wait_for(timeout=TIMEOUT_MS)
+                page.locator(".katex-display").first.wait_for(timeout=TIMEOUT_MS)
+                wait_for_image(page, "#guess-plot")
+                overflowing = page.evaluate("""() => [...document.querySelectorAll(
+                        '.katex-display, #dataset-gallery .thumbnail-item, .gallery .thumbnail-item')]
+                    .filter(e => e.offsetParent !== null)
+                    .filter(e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > innerWidth)
+                    .map(e => e.className + ': ' + e.textContent.slice(0, 40))""")
+                assert overflowing == [], overflowing
+                page.screenshot(path=screenshots / "phone-forward.png", full_page=True)
+
+                page.get_by_role("tab", name="About").tap()
+                page.get_by_text("This model's U-Net, stage by stage").tap()
+                page.locator("#unet-table").get_by_text("context embedding").first.wait_for(timeout=TIMEOUT_MS)
+                broken = page.evaluate("""() => [...document.querySelectorAll('#unet-table th, #unet-table td')]
+                    .filter(cell => {  // a word over two lines: its text has more line boxes than lines of text
+                        const range = document.createRange();
+                        range.selectNodeContents(cell);
+                        const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+                        return lines.size > cell.innerText.split('\\n').length;
+                    }).map(cell => cell.innerText)""")
+                assert broken == [], broken
         finally:
             browser.close()
