@@ -353,11 +353,12 @@ class SpriteApp:
         where compiling failed, a line saying that every run is uncompiled."""
         if getattr(self.pipe, "compiling", False):
             return (gr.Markdown("**Warming up**: compiling the U-Net (a few minutes after a start). Requests run "
-                                "meanwhile, uncompiled and about 1.7x slower.", visible=True),
+                                "meanwhile on the uncompiled U-Net while the compile takes most of the CPU, so the "
+                                "first ones can take several times longer than later ones.", visible=True),
                     gr.skip())
         if error := getattr(self.pipe, "compile_error", None):
             return (gr.Markdown(f"**Running uncompiled**: torch.compile is unavailable on this machine ({error}), "
-                                "so every run uses the eager U-Net, about 1.7x slower.", visible=True),
+                                "so every run uses the eager U-Net, slower than a compiled one.", visible=True),
                     gr.Timer(active=False))
         return gr.Markdown(visible=False), gr.Timer(active=False)
 
