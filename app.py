@@ -320,7 +320,7 @@ def about_text() -> str:
             f"`HfApi().duplicate_repo(\"{space}\", to_id=\"you/sprites\", repo_type=\"space\", "
             'space_variables=[{"key": "MODEL_ID", "value": "you/sprite-model"}])`.')
 STEPS_QUALITY_PLOT = Path(__file__).resolve().parent / "docs" / "figures" / "steps_quality.png"  # made by
-# python -m training.steps_quality
+# python -m studies.steps_quality
 
 
 def load_model() -> tuple[SpritePipeline, str]:

@@ -46,17 +46,17 @@ for part in $PARTS; do
              # with each path's distance from eager in uint8 levels; then a profile of one eager DDPM step
       timeout 300 "$PYTHON" benchmarks/graph_sampling.py --device cuda --sprites 16 --runs ddpm:500 ddim:50 \
         --chunk_steps 50 500 --guidance_scale 2 2>&1 | tee "$OUT/graph_sampling.md" ;;
-    study)  # the quality study (training/quality_study.py): every arm side by side, each time-boxed
-      timeout "${STUDY_LIMIT:-560}" "$PYTHON" -m training.quality_study --out "$RUNS/study" \
+    study)  # the quality study (studies/quality_study.py): every arm side by side, each time-boxed
+      timeout "${STUDY_LIMIT:-560}" "$PYTHON" -m studies.quality_study --out "$RUNS/study" \
         --max_train_minutes "${STUDY_MINUTES:-4.5}" --pack "$OUT" 2>&1 | tee "$OUT/study.log" ;;
     long)  # the bundled preset alone for longer (10,000 planned steps in a 6.5-minute box), next to the second
            # set with a budget sized for its 760 sprites (2,000 steps); both scored, the better pipelines packed
-      timeout "${LONG_LIMIT:-590}" "$PYTHON" -m training.quality_study --out "$RUNS/long" \
+      timeout "${LONG_LIMIT:-590}" "$PYTHON" -m studies.quality_study --out "$RUNS/long" \
         --arms medium1-g16 nethack-medium1-g16-short --steps 10000 --max_train_minutes "${LONG_MINUTES:-6.5}" \
         --pack "$OUT" 2>&1 | tee "$OUT/long.log" ;;
     batch)  # the bundled preset at batch 64 for the recipe's 600 epochs (24,000 steps, time-boxed): the second set
             # came out crisper that way on the CPU but memorised more (docs/study.md); do the bundled 2,507 hold?
-      timeout "${BATCH_LIMIT:-590}" "$PYTHON" -m training.quality_study --out "$RUNS/batch" \
+      timeout "${BATCH_LIMIT:-590}" "$PYTHON" -m studies.quality_study --out "$RUNS/batch" \
         --arms medium1-g16-b64 --steps 6000 --max_train_minutes "${BATCH_MINUTES:-6.5}" \
         --pack "$OUT" 2>&1 | tee "$OUT/batch.log" ;;
     *) echo "unknown part $part (sampling, training, quality, study, long, batch, graphs)" >&2; exit 2 ;;

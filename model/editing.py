@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,11 +17,9 @@ from PIL import Image
 
 from .images import sprite_tensor
 from .inputs import real_number, whole_number
+from .results import ContextSpec, DenoiseStep, SpriteOutput
 from .samplers import SAMPLERS, get_sampler
 from .sprites import fit_pixel_art
-
-if TYPE_CHECKING:
-    from .pipeline import ContextSpec, DenoiseStep, SpriteOutput
 
 MAX_JUMP_SAMPLES = 20  # RePaint's r; each one repeats the jumped-over steps, so the cost grows with it
 

@@ -13,43 +13,23 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
-from diffusers.utils import BaseOutput
 from PIL import Image
 
 from .batching import ContinuousBatcher
 from .editing import PLAIN, EditPlan, SpriteEditing, StepCallback
 from .fast import NoisePredictor, compile_error_of, compiled_step, eager_predictor, fast_predictor
+from .results import ContextSpec, DenoiseStep, SpriteOutput
 from .samplers import SAMPLERS, get_sampler
 from .schedule import NoiseSchedule, timestep_grid, unet_timestep
 from .unet import attach_context_embedding
 
 MAX_IMAGES = 64  # per call; the app and the API share this limit
 __all__ = ["MAX_IMAGES", "SAMPLERS", "DenoiseStep", "SpriteOutput", "SpritePipeline", "to_uint8"]
-ContextSpec = str | Sequence[str] | Sequence[float] | np.ndarray | torch.Tensor
-
-
-@dataclass
-class DenoiseStep:
-    """One step of the reverse process, as the app and callbacks see it."""
-
-    index: int  # 0-based step number
-    timestep: int  # course step t the network was asked about (T ... 1)
-    sample: torch.Tensor  # x_{t_prev} after this update (and an edit's hook), (N, 3, H, W) in about [-1, 1]
-    predicted_clean: torch.Tensor  # the network's x0 estimate at this step
-
-
-@dataclass
-class SpriteOutput(BaseOutput):
-    images: list[Image.Image]  # one PIL image per sprite
-    array: np.ndarray  # (N, H, W, 3) uint8, values 0..255
-
-
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -251,7 +231,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
                    context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One U-Net call on x_t at course step t (1..T; one for all rows, or one per row), no guidance:
         (predicted noise, predicted clean x0_hat). What the network makes of a noisy sprite in one go (the
-        forward tab, training/denoise_probe.py)."""
+        forward tab, studies/denoise_probe.py)."""
         t = torch.as_tensor(t)
         alpha_bar = self.noise_schedule.alpha_bar[t].float().reshape(-1, 1, 1, 1).to(noisy.device)
         output = self.predict_noise(noisy, unet_timestep(t).to(self.device, torch.float32), context)

@@ -443,7 +443,7 @@ def test_bundled_judge_fits_the_bundled_dataset():
 def test_steps_versus_quality_scores_times_plots_and_picks_the_fastest_passing(evaluator, tmp_path, monkeypatch):
     from PIL import Image
 
-    from training import steps_quality
+    from studies import steps_quality
 
     monkeypatch.setenv("SPRITE_DISABLE_COMPILE", "1")  # the timing compiles as the app does; not needed here
     pipe = tiny_pipe()

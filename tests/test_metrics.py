@@ -217,7 +217,7 @@ def test_denoise_probe_scores_an_oracle_perfectly_and_a_blind_model_badly(tiny_d
     import torch
 
     from model import load_pipeline
-    from training.denoise_probe import probe
+    from studies.denoise_probe import probe
 
     pipe = load_pipeline(tiny_dir)
     rng = np.random.default_rng(0)

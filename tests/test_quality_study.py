@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from training import quality_study
+from studies import quality_study
 
 
 def command_for(name: str, steps: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""training/redraw_study.py at tiny size: a random tiny U-Net and an untrained judge on random sprites."""
+"""studies/redraw_study.py at tiny size: a random tiny U-Net and an untrained judge on random sprites."""
 
 import json
 from types import SimpleNamespace
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from model import SpritePipeline, build_unet, make_scheduler
-from training import redraw_study
+from studies import redraw_study
 from training.judge import Judge, judge_outputs
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training.study_table import main, study_table
+from studies.study_table import main, study_table
 
 
 def _result(sampler: str, accuracy: dict[str, float], ratio: float, guidance: float = 2.0) -> dict:

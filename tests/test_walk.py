@@ -105,7 +105,7 @@ def test_walk_refuses_bad_input_with_a_clear_message(events, change, words):
     assert words in caught.value.message
 
 
-# ---- training/walk_study.py ---------------------------------------------------------------------
+# ---- studies/walk_study.py ---------------------------------------------------------------------
 
 class MeanColourJudge(torch.nn.Module):
     """A judge with a known answer: class 0 when a sprite is dark on average, else class 2 ("food")."""
@@ -125,7 +125,7 @@ class MeanColourJudge(torch.nn.Module):
 
 
 def test_walk_study_judges_every_stop_and_writes_its_figures(pipe, tmp_path, monkeypatch):
-    from training import walk_study
+    from studies import walk_study
     from training.judge import judge_outputs
 
     judge = MeanColourJudge()

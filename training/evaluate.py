@@ -3,7 +3,6 @@ what was asked, does it look like the real sprites to the judge and to eyes, and
 
     python -m training.evaluate --model model/default --dataset default --runs ddpm:500 ddim:50 ddim:25
     python -m training.evaluate --dataset default --samples run.npz --sheet sheet.png  # saved sprites
-    python -m training.evaluate --model runs/mine --steps_vs_quality runs/mine/steps_quality.json  # every sampler
 
 Each figure comes next to its real twin: context accuracy (the judge's verdict, next to its accuracy on
 held-out real sprites); Fréchet distance, KID and improved precision and recall in judge features, against
@@ -337,19 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=MAX_IMAGES)
     parser.add_argument("--memorisation_threshold", type=float, default=MEMORISATION_THRESHOLD)
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
-    parser.add_argument("--steps_vs_quality", type=Path, default=None, metavar="JSON",
-                        help="score and time every sampler at 5-100 steps (training/steps_quality.py): writes this "
-                             "JSON and a PNG plot next to it; uses --model, --dataset and --num_per_context")
     parser.add_argument("--table_from", type=Path, default=None,
                         help="print the Markdown results tables of a saved --json file, and nothing else")
     args = parser.parse_args(argv)
-    if args.steps_vs_quality:
-        from training import steps_quality
-
-        steps_quality.main([*(["--model", args.model] if args.model else []), "--dataset", args.dataset,
-                            "--json", str(args.steps_vs_quality), "--num_per_context", str(args.num_per_context),
-                            *(["--judge", args.judge] if args.judge else [])])
-        return
     if args.table_from:
         try:
             saved = json.loads(args.table_from.read_text())

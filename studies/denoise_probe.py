@@ -1,8 +1,8 @@
 """How exactly does a model take a little noise off real sprites? The last denoising steps decide whether a
 pixel lands exactly on its colour, so a model that cannot clean a real sprite at t = 1 draws speckled ones.
 
-    python -m training.denoise_probe --model model/default
-    python -m training.denoise_probe --model runs/a runs/b --json probe.json     # models side by side
+    python -m studies.denoise_probe --model model/default
+    python -m studies.denoise_probe --model runs/a runs/b --json probe.json     # models side by side
 
 For each step t: real sprites (a fixed random subset of the dataset) are noised to x_t, the model predicts
 the noise once, and the predicted clean sprite x0_hat is rounded to 8 bits as the app shows it. Reported:

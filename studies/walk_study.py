@@ -1,7 +1,7 @@
 """Where along a walk from one context to another does a sprite change kind? The judge's verdict at every stop.
 
-    python -m training.walk_study                                   # the bundled model, the app's sampler
-    python -m training.walk_study --num_sprites 8 --steps 3         # a quick try
+    python -m studies.walk_study                                   # the bundled model, the app's sampler
+    python -m studies.walk_study --num_sprites 8 --steps 3         # a quick try
 
 For each pair, ``--num_sprites`` sprites (in groups of 64, group k from seed + k) walk from the first context to
 the second in ``--stops`` even steps of the weights (model/walk.py, as the app's Walk: every stop from the same
@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from model import MAX_IMAGES, SAMPLERS, load_pipeline
 from model.walk import context_walk
+from studies.redraw_study import rms_distance
 from training.evaluate import Evaluator, default_judge_dir, machine_info
 from training.judge import judge_outputs
-from training.redraw_study import rms_distance
 
 PAIRS = ["hero:food", "hero:non-hero", "spell:item"]
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if len(pair) != 2 or not set(pair) <= set(evaluator.names):
             parser.error(f"--pairs: {':'.join(pair)!r} is not START:END of two of {', '.join(evaluator.names)}")
     settings = {k: getattr(args, k) for k in ("num_sprites", "stops", "sampler", "steps", "guidance_scale", "seed")}
-    command = shlex.join(["python", "-m", "training.walk_study", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "studies.walk_study", *(sys.argv[1:] if argv is None else argv)])
     results = run_study(pipe, evaluator, pairs, settings, args.out_dir, command)
     print(markdown(results))
     return results

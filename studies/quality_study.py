@@ -4,9 +4,9 @@ An arm is a preset plus train.py flags (data, objective); every arm gets the sam
 rate and seed. The arms run side by side, one `accelerate launch training/train.py` process each: on a GPU
 these small models leave the chip mostly idle, so parallel processes cost little more than one.
 
-    python -m training.quality_study --out runs/study                      # every arm (a GPU: minutes)
-    python -m training.quality_study --out runs/study --arms small-g8 tiny-g4 --steps 6000
-    python -m training.quality_study --out /tmp/s --arms tiny-g4 --steps 20 --num_per_context 4 \\
+    python -m studies.quality_study --out runs/study                      # every arm (a GPU: minutes)
+    python -m studies.quality_study --out runs/study --arms small-g8 tiny-g4 --steps 6000
+    python -m studies.quality_study --out /tmp/s --arms tiny-g4 --steps 20 --num_per_context 4 \\
         --settings ddim:5:2 --config training/configs/cpu.yaml              # a smoke test on a CPU
 
 Each arm's folder gets the pipeline, train.log and samples.npz (``images``, ``requested`` per setting);

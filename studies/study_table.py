@@ -1,8 +1,8 @@
 """The architecture study's table: quality of each trained preset against its CPU sampling cost.
 
-Reads what `training/architecture_study.sh` and `benchmarks/model_cost.py --json` wrote:
+Reads what `studies/architecture_study.sh` and `benchmarks/model_cost.py --json` wrote:
 
-    python -m training.study_table runs/study            # runs/study/<preset>/eval.json + runs/study/cost.json
+    python -m studies.study_table runs/study            # runs/study/<preset>/eval.json + runs/study/cost.json
 
 and prints one Markdown row per preset, smallest first, for docs/study-history.md.
 """

@@ -2,10 +2,10 @@
 # The architecture study (docs/study-history.md): train each preset for the same budget
 # with the same recipe, then evaluate it. Run several copies side by side on different cores,
 # e.g. with one thread each on a 2-core machine:
-#   OMP_NUM_THREADS=1 bash training/architecture_study.sh base small-noattn &
-#   OMP_NUM_THREADS=1 bash training/architecture_study.sh base-noattn small tiny &
+#   OMP_NUM_THREADS=1 bash studies/architecture_study.sh base small-noattn &
+#   OMP_NUM_THREADS=1 bash studies/architecture_study.sh base-noattn small tiny &
 # then: python benchmarks/model_cost.py --json runs/study/cost.json
-#       python -m training.study_table runs/study
+#       python -m studies.study_table runs/study
 # STEPS (default 2500, batch 128) and NUM_PER_CONTEXT (default 100) set the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."

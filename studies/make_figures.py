@@ -1,6 +1,6 @@
 """Docs figures from a model: a sample grid per context, and the same seeds without noise re-adding.
 
-    python -m training.make_figures --model model/default --output docs/figures
+    python -m studies.make_figures --model model/default --output docs/figures
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How far does a redraw (SDEdit, ``pipe.redraw``) move a sprite? The measurements and the strip of issue 19.
 
-    python -m training.redraw_study                              # the bundled model: about 17 min on one busy thread
-    python -m training.redraw_study --num_sprites 5 --steps 5    # a quick try
+    python -m studies.redraw_study                              # the bundled model: about 17 min on one busy thread
+    python -m studies.redraw_study --num_sprites 5 --steps 5    # a quick try
 
 Three parts, all on sprites from the judge's held-out split (it never saw them), DDIM 50 steps, guidance 2:
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in (settings.source, settings.target):
         if name not in evaluator.names:
             parser.error(f"unknown context {name!r}; the dataset has {', '.join(evaluator.names)}")
-    command = shlex.join(["python", "-m", "training.redraw_study", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "studies.redraw_study", *(sys.argv[1:] if argv is None else argv)])
     results = run_study(pipe, evaluator, settings, args.out_dir, command)
     print(markdown(results))
     return results

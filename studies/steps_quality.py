@@ -1,13 +1,13 @@
 """Steps versus quality: every sampler of model/samplers.py at 5-100 steps (DDPM also at 500), scored with
 training/evaluate.py's evaluation and timed at the app's request (16 sprites, compiled U-Net as the app runs it).
 
-    python -m training.steps_quality --phase quality   # the scores; may run in the background (OMP_NUM_THREADS=1)
-    python -m training.steps_quality --phase timing    # seconds per 16 sprites: run it with nothing else running
-    python -m training.steps_quality --phase plot      # the plot and the Markdown table from the JSON
+    python -m studies.steps_quality --phase quality   # the scores; may run in the background (OMP_NUM_THREADS=1)
+    python -m studies.steps_quality --phase timing    # seconds per 16 sprites: run it with nothing else running
+    python -m studies.steps_quality --phase plot      # the plot and the Markdown table from the JSON
 
 Results accumulate in one JSON (--json, one row per sampler and step count, saved after every row), so the
-phases can run at different times and an interrupted run keeps what it measured. ``python -m training.evaluate
---steps_vs_quality DIR`` runs all three phases for any model.
+phases can run at different times and an interrupted run keeps what it measured. Without --phase it runs all
+three, for any model (--model).
 """
 
 from __future__ import annotations
