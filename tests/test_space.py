@@ -24,6 +24,7 @@ from gradio_client import Client
 from hub_server import HubServer, is_binary
 from huggingface_hub import HfApi, snapshot_download
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from PIL import Image
 
 from model import load_pipeline, make_grid
@@ -103,6 +104,16 @@ def test_space_installs_exactly_what_the_app_imports():
     assert not listed & _requirement_names((ROOT / "requirements-train.txt").read_text())
 
 
+def test_the_space_card_matches_what_the_space_runs():
+    """A Space installs the card's sdk_version of gradio, on its python_version, and runs its app_file."""
+    from huggingface_hub import SpaceCard
+    card = SpaceCard.load(ROOT / "README.md").data
+    gradio_pin = re.search(r"^gradio==([\w.]+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE)[1]
+    assert (card.sdk, card.sdk_version, card.app_file) == ("gradio", gradio_pin, "app.py")
+    requires = re.search(r'^requires-python = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)[1]
+    assert (ROOT / card.app_file).is_file() and card.python_version in SpecifierSet(requires)
+
+
 def test_space_requirements_follow_the_hardware():
     cpu = publish_space.space_requirements("cpu-basic").splitlines()
     gpu = publish_space.space_requirements("t4-small").splitlines()
@@ -119,7 +130,7 @@ def test_dry_run_lists_what_the_space_needs_and_no_test_benchmark_or_study(capsy
     assert {"app.py", "requirements.txt", "README.md", ".gitattributes", "model/pipeline.py", "ui/events.py",
             "model/default/unet/diffusion_pytorch_model.safetensors", "data/sprites_dcss.npz",
             "docs/about.md"} <= set(listed)
-    assert not [p for p in listed if p.startswith(("tests/", "benchmarks/", "training/", "runs/", ".ci/"))
+    assert not [p for p in listed if p.startswith(("tests/", "benchmarks/", "training/", "studies/", "runs/", ".ci/"))
                 or p.endswith((".json", ".npy")) and not p.startswith("model/default/")]
     total = re.fullmatch(r"total: (\d+) files, ([\d.]+) MB\n", err)
     assert total and int(total[1]) == len(listed)
