@@ -146,9 +146,10 @@ def _check_namespace(api: HfApi, *repo_ids: str) -> None:
 def _model_ready(api: HfApi, model: str, model_dir: Path | None, private: bool, done: list[str]) -> None:
     """Use the model repo as it is, or push model_dir (the bundled model by default) when it does not exist yet
     or model_dir is given."""
-    if model_dir is None and api.repo_exists(model):
+    if model_dir is None and api.repo_exists(model):  # anyone's model the token can read
         done.append(f"used the existing model repo {model}")
         return
+    _check_namespace(api, model)  # a model to push must be the token's own
     from model import ModelLoadError, load_pipeline
 
     folder = model_dir or DEFAULT_MODEL_DIR
@@ -171,7 +172,7 @@ def publish(repo_id: str, *, model: str | None = None, model_dir: Path | None = 
         raise PublishError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN to a token with "
                            "write access. Nothing was published.")
     api = HfApi(token=token)
-    _check_namespace(api, repo_id, *([model] if model else []))
+    _check_namespace(api, repo_id)
     variables = [{"key": "MODEL_ID", "value": model}] if model else []
     variables += [{"key": "MODEL_REVISION", "value": model_revision}] if model and model_revision else []
     done: list[str] = []
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"published {url}" + (f", serving {args.model}" if args.model else ""))
+    if args.private and args.model:
+        print("note: a private model repo needs a read token in the Space: add it as the secret HF_TOKEN "
+              "(the Space's Settings, Secrets)", file=sys.stderr)
     return 0
 
 
