@@ -309,6 +309,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
 
 
 ABOUT = (Path(__file__).resolve().parent / "docs" / "about.md").read_text()  # the About tab
+STEPS_QUALITY_PLOT = Path(__file__).resolve().parent / "docs" / "figures" / "steps_quality.png"  # made by
+# python -m studies.steps_quality
 
 
 def about_text() -> str:
@@ -319,8 +321,6 @@ def about_text() -> str:
     return (ABOUT + f"\n\nThis Space is `{space}`. The same copy from Python, pointed at your model: "
             f"`HfApi().duplicate_repo(\"{space}\", to_id=\"you/sprites\", repo_type=\"space\", "
             'space_variables=[{"key": "MODEL_ID", "value": "you/sprite-model"}])`.')
-STEPS_QUALITY_PLOT = Path(__file__).resolve().parent / "docs" / "figures" / "steps_quality.png"  # made by
-# python -m studies.steps_quality
 
 
 def load_model() -> tuple[SpritePipeline, str]:

@@ -19,7 +19,7 @@ from .images import sprite_tensor
 from .inputs import real_number, whole_number
 from .results import ContextSpec, DenoiseStep, SpriteOutput
 from .samplers import SAMPLERS, get_sampler
-from .sprites import fit_pixel_art
+from .sprites import fit_pixel_art, pad_to_square
 
 MAX_JUMP_SAMPLES = 20  # RePaint's r; each one repeats the jumped-over steps, so the cost grows with it
 
@@ -114,25 +114,11 @@ def fit_mask(mask: Image.Image | np.ndarray, resolution: int) -> np.ndarray:
                              f"(thresholded at half), got values from {low_seen:g} to {high_seen:g}")
         repaint = values >= high / 2
     if repaint.shape != (resolution, resolution):
-        square = _pad_to_square(Image.fromarray(repaint.astype(np.uint8) * 255), 0)  # padding is kept, not repainted
+        square = pad_to_square(Image.fromarray(repaint.astype(np.uint8) * 255), 0)  # padding is kept, not repainted
         repaint = np.asarray(square.resize((resolution, resolution), Image.NEAREST)) >= 128
     if not repaint.any():
         raise ValueError(f"mask is empty: nothing to repaint (no True pixel at {resolution} x {resolution})")
     return np.array(repaint, dtype=bool)
-
-
-def _pad_to_square(picture: Image.Image, fill: int | tuple[int, ...]) -> Image.Image:
-    """Centred across, standing on the bottom edge: where fit_pixel_art places a non-square picture."""
-    side = max(picture.size)
-    if picture.width == picture.height:
-        return picture
-    canvas = Image.new(picture.mode, (side, side), fill)
-    offset = ((side - picture.width) // 2, side - picture.height)
-    if picture.mode == "RGBA":
-        canvas.alpha_composite(picture, offset)
-    else:
-        canvas.paste(picture, offset)
-    return canvas
 
 
 # ---- the pipeline's methods -----------------------------------------------------------------

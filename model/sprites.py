@@ -17,22 +17,29 @@ class DatasetError(ValueError):
     """Bad dataset input; the message names the file or field at fault."""
 
 
+def pad_to_square(picture: Image.Image, fill: int | tuple[int, ...]) -> Image.Image:
+    """Centred across, standing on the bottom edge, on a square of ``fill``: where a sprite stands in its tile.
+    The sprite and its repaint mask (model/editing.py: fit_mask) are placed alike."""
+    side = max(picture.size)
+    if picture.width == picture.height:
+        return picture
+    canvas = Image.new(picture.mode, (side, side), fill)
+    canvas.paste(picture, ((side - picture.width) // 2, side - picture.height))
+    return canvas
+
+
 def fit_pixel_art(im: Image.Image, resolution: int) -> np.ndarray:
     """Any image -> (R, R, 3) uint8: composite transparency, pad to square, resize for pixel art.
 
     Shrinking averages areas (a 2x2 mean for 32 -> 16, keeping thin outlines as soft lines);
     enlarging repeats pixels (nearest), so hard pixel edges stay hard.
     """
-    if im.mode != "RGBA":
-        im = im.convert("RGBA")
-    w, h = im.size
-    side = max(w, h)
-    canvas = Image.new("RGBA", (side, side), BACKGROUND + (255,))
-    canvas.alpha_composite(im, ((side - w) // 2, side - h))
-    rgb = canvas.convert("RGB")
+    flat = Image.alpha_composite(Image.new("RGBA", im.size, BACKGROUND + (255,)), im.convert("RGBA"))
+    square = pad_to_square(flat.convert("RGB"), BACKGROUND)
+    side = square.width
     if side != resolution:
-        rgb = rgb.resize((resolution, resolution), Image.BOX if side > resolution else Image.NEAREST)
-    return np.asarray(rgb, dtype=np.uint8)
+        square = square.resize((resolution, resolution), Image.BOX if side > resolution else Image.NEAREST)
+    return np.asarray(square, dtype=np.uint8)
 
 
 def resize_array(images: np.ndarray, resolution: int) -> np.ndarray:

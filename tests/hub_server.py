@@ -45,6 +45,11 @@ def is_binary(sample: bytes) -> bool:
     return b"\0" in sample
 
 
+def goes_through_lfs(size: int, sample: bytes) -> bool:
+    """The Hub's choice for a file, from its size and first bytes: large or binary files go through LFS."""
+    return size >= LFS_THRESHOLD or is_binary(sample)
+
+
 def _error(status: int, code: str | None, message: str) -> JSONResponse:
     # huggingface_hub maps X-Error-Code to RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError.
     return JSONResponse({"error": message}, status_code=status, headers={"X-Error-Code": code} if code else None)
@@ -81,8 +86,9 @@ class HubServer:
     def _may_write(self, repo_id: str) -> bool:
         return repo_id.split("/")[0] == self.user
 
-    def _is_lfs(self, data: bytes) -> bool:
-        return len(data) >= LFS_THRESHOLD or is_binary(data[:512])
+    @staticmethod
+    def _is_lfs(data: bytes) -> bool:
+        return goes_through_lfs(len(data), data[:512])
 
     # ---- the HTTP API ------------------------------------------------------------------------
     def _build_app(self) -> FastAPI:  # noqa: C901  (one nested function per endpoint)
@@ -142,8 +148,8 @@ class HubServer:
                 return _error(403, None, f"You don't have write access to {owner}/{name}")
             files = (await request.json())["files"]
             return {"files": [{"path": f["path"], "shouldIgnore": False, "oid": None,
-                               "uploadMode": "lfs" if f["size"] >= LFS_THRESHOLD
-                               or is_binary(base64.b64decode(f["sample"])) else "regular"} for f in files]}
+                               "uploadMode": "lfs" if goes_through_lfs(f["size"], base64.b64decode(f["sample"]))
+                               else "regular"} for f in files]}
 
         @app.post("/{prefix:path}.git/info/lfs/objects/batch")
         async def lfs_batch(prefix: str, request: Request):

@@ -103,9 +103,9 @@ def space_readme(model: str | None, hardware: str) -> str:
     return str(card)
 
 
-def stage(folder: Path, hardware: str, model: str | None) -> dict[str, int]:
-    """Write the Space's files into folder; returns each relative path's size in bytes."""
-    for relative, source in space_files().items():
+def stage(folder: Path, hardware: str, model: str | None, files: dict[str, Path] | None = None) -> dict[str, int]:
+    """Write the Space's files (``files``, else space_files()) into folder; returns each relative path's size."""
+    for relative, source in (files or space_files()).items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, folder / relative)
     (folder / "requirements.txt").write_text(space_requirements(hardware))
@@ -188,7 +188,7 @@ def publish(repo_id: str, *, model: str | None = None, model_dir: Path | None = 
                             private=private, exist_ok=True)
             done.append(f"created the Space repo {repo_id} (its files had not arrived)")
             with tempfile.TemporaryDirectory() as folder:
-                stage(Path(folder), hardware, model)
+                stage(Path(folder), hardware, model, files)
                 api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
                                   commit_message=f"Publish Sprite Diffusion ({len(files) + 2} files)")
             done[-1] = f"uploaded the app to the Space {repo_id}"
