@@ -26,7 +26,13 @@ from training.judge import (
     to_uint8_images,
     train_judge,
 )
-from training.quality_bar import EYE_STATISTICS, PIXEL_STATISTICS, markdown_table, quality_bar_failures
+from training.quality_bar import (
+    EYE_STATISTICS,
+    PIXEL_STATISTICS,
+    markdown_table,
+    per_context_table,
+    quality_bar_failures,
+)
 from training.sample_grid import SHEET_GAP_GREY, SHEET_SCALE, comparison_sheet
 
 NAMES = ["square", "ring", "cross"]
@@ -203,6 +209,31 @@ def test_copies_count_as_memorised_and_noise_is_far_from_real(evaluator):
     assert evaluator.score(jitter.astype(np.uint8), evaluator.labels[train])["memorisation_rate"] == 1.0
 
 
+def test_per_context_figures_have_known_answers(evaluator):
+    """Half A of one context scores exactly its real twin; features far from every real sprite give precision
+    and recall 0 while the pixel statistics, of that context's real sprites, equal the real ones."""
+    square = evaluator.half_a[evaluator.labels[evaluator.half_a] == 0]
+    ring = np.flatnonzero(evaluator.labels == 1)
+    samples = evaluator.real[np.concatenate([square, ring])]
+    features = np.concatenate([evaluator.real_features[square], evaluator.real_features[ring] + 1e3])
+    requested = np.repeat([0, 1], [len(square), len(ring)])
+    rows = evaluator.per_context_figures(samples, features, requested)
+    assert set(rows) == {"square", "ring"}  # no cross asked for, no cross row
+    assert rows["square"]["samples"] == len(square) and rows["ring"]["samples"] == len(ring)
+    for name in ("precision", "recall"):
+        assert rows["square"][name] == rows["square"][f"{name}_real"] > 0.5
+        assert rows["ring"][name] == 0.0 and rows["ring"][f"{name}_real"] > 0.5
+    for name in (*PIXEL_STATISTICS, *EYE_STATISTICS):
+        assert rows["ring"][name] == pytest.approx(rows["ring"][f"{name}_real"])
+    rng = np.random.default_rng(0)  # noise: many colours where the real shapes have two
+    noise = evaluator.score(rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8), np.arange(30) % 3)
+    assert all(row["colours_per_sprite"] == 256 and row["colours_per_sprite_real"] == 2
+               for row in noise["per_context"].values())
+    table = per_context_table(noise).splitlines()
+    assert len(table) == 2 + 3 and table[2].startswith("| square (10) |")
+    assert "256.000 (2.000)" in table[3]
+
+
 def test_leave_one_out_distances_skip_only_the_sprite_itself():
     rng = np.random.default_rng(2)
     sprites = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
@@ -328,6 +359,14 @@ def test_comparison_sheet_puts_real_sprites_left_and_samples_right(evaluator):
     assert np.array_equal(sheet, pair)  # (real sprites, labels) works as well as an Evaluator
     with pytest.raises(ValueError, match="shaped like the real sprites"):
         comparison_sheet(evaluator, samples[:, :8, :8], requested)
+    focused = comparison_sheet(evaluator, samples, requested, per_context=4, seed=1, focus=1, focus_rows=3)
+    assert focused.shape == (5 * 17 + 1, 9 * 17 + 1, 3)  # the ring gets three rows: twelve real, ten samples
+    ring_rows = [[focused[1 + 17 * row:17 * (row + 1), 1 + 17 * col:17 * (col + 1)] for col in range(9)]
+                 for row in (1, 2, 3)]
+    real_shown = [c for row in ring_rows for c in row[:4]]
+    drawn = [c for row in ring_rows for c in row[5:] if not (c == SHEET_GAP_GREY).all()]
+    assert len({c.tobytes() for c in real_shown}) == 12 and len(drawn) == 10
+    assert all((evaluator.real[evaluator.labels == 1] == c).all(axis=(1, 2, 3)).any() for c in real_shown)
 
 
 # ---- the command lines ----------------------------------------------------------------------------
@@ -343,10 +382,12 @@ def test_judge_and_evaluate_command_lines(shapes, tmp_path, capsys):
     capsys.readouterr()
     evaluate.main(["--model", str(tmp_path / "model"), *data, "--judge", str(tmp_path / "judge"),
                    "--num_per_context", "2", "--runs", "ddpm:2", "ddim:1:2", "--json", str(tmp_path / "out.json")])
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert printed == json.loads((tmp_path / "out.json").read_text())
     assert [(r["sampler"], r["steps"], r["guidance_scale"]) for r in printed] == [("ddpm", 2, 1.0), ("ddim", 1, 2.0)]
     assert all(REQUIRED_FIELDS <= set(r) and r["model"] == str(tmp_path / "model") for r in printed)
+    assert "DDPM 2, per context (real sprites in brackets):\n| context |" in captured.err
 
     with pytest.raises(SystemExit) as exit_info:  # another dataset's judge: a clear message, exit code 2
         evaluate.main(["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "sprites.npy"),

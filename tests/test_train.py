@@ -400,6 +400,40 @@ def test_training_keeps_the_loss_history_and_the_card_plots_it_also_across_a_res
     assert all(row.loss < 99 for row in resumed)
 
 
+def test_initial_step_continues_an_exported_run_on_its_schedules(sprites, tmp_path, fresh_accelerator_state):
+    """A run whose checkpoints are lost goes on from its weights where its cosine and EMA warm-up were."""
+    schedule = ["--max_train_steps", "6", "--lr_warmup_steps", "2", "--checkpointing_steps", "0",
+                "--save_images_steps", "0"]
+    assert train.main(tiny_args(sprites, tmp_path / "whole", *schedule)) == 0
+    whole = plots.read_loss_history(tmp_path / "whole" / "loss_history.csv")
+    out = tmp_path / "rest"
+    assert train.main(tiny_args(sprites, out, *schedule, "--initial_step", "4",
+                                "--pretrained_model_name_or_path", str(tmp_path / "whole"))) == 0
+    rest = plots.read_loss_history(out / "loss_history.csv")
+    assert [row.step for row in rest] == [5, 6]
+    assert [row.learning_rate for row in rest] == pytest.approx([row.learning_rate for row in whole[4:]])
+    assert 0 < rest[0].learning_rate < whole[1].learning_rate
+    assert json.loads((out / "training_args.json").read_text())["initial_step"] == 4
+
+
+def test_class_balance_draws_small_contexts_as_often_as_asked(tmp_path, fresh_accelerator_state):
+    contexts = torch.eye(3)[[0, 0, 0, 0, 1]]
+    assert train.class_balance_weights(contexts, "sqrt").tolist() == [0.5, 0.5, 0.5, 0.5, 1.0]  # masses 2 : 1
+    assert train.class_balance_weights(contexts, "equal").tolist() == [0.25, 0.25, 0.25, 0.25, 1.0]
+    labels = np.repeat([0, 1, 2], [26, 4, 2])  # a food-like context: 2 of 32 sprites
+    images = np.full((32, 16, 16, 3), 255, np.uint8)
+    images[:, 4:12, 4:12] = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)[labels, None, None]
+    np.save(tmp_path / "sprites_skewed.npy", images)
+    np.save(tmp_path / "sprite_labels_nc_skewed.npy", np.eye(3, dtype=np.float32)[labels])
+    out = tmp_path / "run"
+    assert train.main(tiny_args(tmp_path / "sprites_skewed.npy", out, "--max_train_steps", "12", "--class_balance",
+                                "equal", "--checkpointing_steps", "0", "--save_images_steps", "0",
+                                "--debug_record_indices")) == 0
+    drawn = np.array([i for batch in json.loads((out / "seen_indices_rank0.json").read_text()) for i in batch])
+    shares = np.bincount(labels[drawn], minlength=3) / len(drawn)
+    assert len(drawn) == 96 and shares.min() > 0.2  # about a third each, against 81%, 12% and 6% unbalanced
+
+
 def test_a_resume_keeps_the_loss_rows_up_to_its_step_only(tmp_path):
     path = tmp_path / "loss_history.csv"
     assert plots.read_loss_history(path, up_to_step=3) == []  # no history yet: an empty one
@@ -598,12 +632,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["--context_dropout", "1.5"], "--context_dropout must be between 0 and 1"),
         (["--resolution", "4096"], "--resolution must be from 1 to 128 pixels, got 4096"),
         (["--timestep_bias_portion", "0"], "--timestep_bias_portion must be above 0 and at most 1, got 0"),
+        (["--initial_step", "4"], "--initial_step 4 continues --pretrained_model_name_or_path's run"),
         (["--pretrained_model_name_or_path", "TINY"], "has 5 contexts (hero, non-hero, food, spell, item), the "
                                                       "dataset 3"),
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(12))
 def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys, tiny_dir):
     flags, message = _bad_inputs(tmp_path)[case]
     flags = [str(tiny_dir) if f == "TINY" else f for f in flags]

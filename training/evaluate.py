@@ -49,7 +49,7 @@ from training.metrics import (  # noqa: F401  (frechet_distance: re-exported, it
     nearest_distances,
     pixel_statistics,
 )
-from training.quality_bar import markdown_table
+from training.quality_bar import markdown_table, per_context_table, run_label
 
 MEMORISATION_THRESHOLD = 10.0
 MEMORISATION_UNIT = ("RMS difference of uint8 RGB values (0-255) at {size} px, to the nearest training sprite "
@@ -125,6 +125,8 @@ class Evaluator:
         self._reference_cache: dict[tuple, dict[str, float]] = {}
         self.background = background_colour(self.real)
         self.real_pixels = pixel_statistics(self.real, self.background)  # every real sprite, once
+        self.real_pixels_per_context = {name: pixel_statistics(self.real[self.labels == c], self.background)
+                                        for c, name in enumerate(self.names) if (self.labels == c).any()}
         self.last_samples: tuple[np.ndarray, np.ndarray] | None = None  # (sprites, requested) of the latest run
 
     # ---- the figures -------------------------------------------------------------------
@@ -166,6 +168,36 @@ class Evaluator:
                 **{name: generated[name] for name in ("precision", "recall", "kid")},
                 **{f"{name}_real": reference[name] for name in ("precision", "recall", "kid")}}
 
+    def per_context_figures(self, samples: np.ndarray, features: np.ndarray,
+                            requested: np.ndarray) -> dict[str, dict[str, float]]:
+        """Each context's precision and recall against that context's real half B, and its pixel statistics,
+        each next to its real twin, so that a weak context shows without a sheet.
+
+        Like :meth:`feature_figures`, but within one context: k = min(samples, half-A sprites) of each side
+        (seeded subsets) meet the same half B, so a small context such as food (16 sprites per half) is
+        judged on equal footing with its own real sprites, noisily but fairly. Contexts with k or half B
+        not above PR_NEIGHBOURS get pixel statistics only.
+        """
+        rng = np.random.default_rng(HALVES_SEED)
+        rows = {}
+        for c, name in enumerate(self.names):
+            mine = np.flatnonzero(requested == c)
+            if not len(mine) or name not in self.real_pixels_per_context:
+                continue
+            real_pixels = self.real_pixels_per_context[name]
+            row = {**pixel_statistics(samples[mine], self.background),
+                   **{f"{stat}_real": value for stat, value in real_pixels.items()}, "samples": int(len(mine))}
+            half_a = self.half_a[self.labels[self.half_a] == c]
+            reference = self.real_features[self.half_b[self.labels[self.half_b] == c]]
+            k = min(len(mine), len(half_a))
+            if k > PR_NEIGHBOURS and len(reference) > PR_NEIGHBOURS:
+                for suffix, chosen in (("", features[rng.choice(mine, k, replace=False)]),
+                                       ("_real", self.real_features[rng.choice(half_a, k, replace=False)])):
+                    row[f"precision{suffix}"] = float(manifold_membership(reference, chosen, PR_NEIGHBOURS).mean())
+                    row[f"recall{suffix}"] = float(manifold_membership(chosen, reference, PR_NEIGHBOURS).mean())
+            rows[name] = row
+        return rows
+
     def _against_half_b(self, features: np.ndarray, weights: np.ndarray, keep_b: np.ndarray,
                         weights_b: np.ndarray) -> dict[str, float]:
         reference = self.real_features[keep_b]
@@ -197,6 +229,7 @@ class Evaluator:
             "judge_heldout_accuracy_per_context": self.heldout_accuracy,
             **self.feature_figures(features, requested),
             **pixels, **{f"{name}_real": value for name, value in self.real_pixels.items()},
+            "per_context": self.per_context_figures(samples, features, requested),
             "background_colour": list(self.background),
             "memorisation_rate": float((near <= self.memorisation_threshold).mean()),
             "memorisation_threshold": self.memorisation_threshold,
@@ -332,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
                              "the scalars " + ", ".join(SAMPLE_METADATA))
     parser.add_argument("--sheet", type=Path, default=None, metavar="PATH",
                         help=f"write a PNG of real | generated sprites per context for the first run ({SHEET_SCALE}x)")
+    parser.add_argument("--sheet_focus", default=None, metavar="CONTEXT",
+                        help="in the sheet, four rows of this context (e.g. food) instead of one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=MAX_IMAGES)
     parser.add_argument("--memorisation_threshold", type=float, default=MEMORISATION_THRESHOLD)
@@ -342,7 +377,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.table_from:
         try:
             saved = json.loads(args.table_from.read_text())
-            print(markdown_table(saved if isinstance(saved, list) else [saved]))
+            saved = saved if isinstance(saved, list) else [saved]
+            print(markdown_table(saved))
+            for result in saved:
+                if "per_context" in result:
+                    print(f"\n{run_label(result)}, per context:\n\n{per_context_table(result)}")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
             parser.exit(2, f"error: no results table from {args.table_from} (made by an older evaluate.py?): "
                            f"{type(err).__name__}: {err}\n")
@@ -358,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         data = dataset_from_args(args)
         evaluator = Evaluator(data, args.judge or default_judge_dir(args.dataset), name=args.dataset,
                               memorisation_threshold=args.memorisation_threshold)
+        if args.sheet_focus and args.sheet_focus not in evaluator.names:
+            raise ValueError(f"--sheet_focus {args.sheet_focus!r} is not a context: {', '.join(evaluator.names)}")
         results = []
         for job in args.samples or args.runs or [(args.sampler, args.steps, None)]:
             if args.samples:
@@ -367,8 +408,11 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(evaluator.run(pipe, args.num_per_context, sampler, steps,
                                              args.guidance_scale if guidance is None else guidance, args.seed,
                                              args.batch_size, model_name=args.model or "bundled default"))
+            print(f"{run_label(results[-1])}, per context (real sprites in brackets):\n"
+                  f"{per_context_table(results[-1])}", file=sys.stderr)
             if args.sheet and len(results) == 1:
-                save_comparison_sheet(comparison_sheet(evaluator, *evaluator.last_samples), args.sheet)
+                focus = evaluator.names.index(args.sheet_focus) if args.sheet_focus else None
+                save_comparison_sheet(comparison_sheet(evaluator, *evaluator.last_samples, focus=focus), args.sheet)
         text = json.dumps(results if args.runs or args.samples else results[0], indent=2)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

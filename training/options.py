@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="passes over the data: the recipe's budget, so a small set gets fewer steps")
     g.add_argument("--max_train_steps", type=int, default=0,
                    help="train exactly this many steps instead of --num_epochs (0: use --num_epochs)")
+    g.add_argument("--initial_step", type=int, default=0,
+                   help="with --pretrained_model_name_or_path: continue a run whose checkpoints are lost from its "
+                        "exported weights, its learning rate and EMA warm-up at this step of --max_train_steps")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--learning_rate", type=float, default=1e-3)
     g.add_argument("--lr_scheduler", default="cosine",
@@ -64,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--timestep_bias_portion", type=float, default=0.25, help="share of the steps favoured")
     g.add_argument("--max_train_minutes", type=float, default=None,
                    help="stop at the first logging step after this many minutes and save (a time-boxed run)")
+    g.add_argument("--class_balance", choices=["none", "sqrt", "equal"], default="none",
+                   help="draw each context as often as its share of the data (none), of the square roots of the "
+                        "class sizes (sqrt), or all contexts alike (equal): small contexts such as food seen more")
     g.add_argument("--context_dropout", type=float, default=0.1,
                    help="probability of zeroing a sample's context (the unconditional case guidance needs)")
     g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
@@ -120,6 +126,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("snr_gamma", "max_train_minutes", "timestep_bias_multiplier"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.initial_step and not (args.pretrained_model_name_or_path and 0 < args.initial_step < args.max_train_steps):
+        raise ConfigError(f"--initial_step {args.initial_step} continues --pretrained_model_name_or_path's run: "
+                          "it needs that model and a --max_train_steps above it")
     if not 0 <= args.context_dropout <= 1:
         raise ConfigError(f"--context_dropout must be between 0 and 1, got {args.context_dropout}")
     if not 1 <= args.resolution <= MAX_SAMPLE_SIZE:

@@ -10,6 +10,8 @@ from typing import Any
 from training.metrics import BACKGROUND_NEAR_LEVELS, COLOUR_GROUP_LEVELS
 
 PIXEL_STATISTICS = ("background_exact_share", "colours_per_sprite", "high_frequency_energy")  # in the bar
+PER_CONTEXT_FIGURES = ("precision", "recall", "background_exact_share", "background_near_share", "colours_per_sprite",
+                       "colour_groups_per_sprite")
 EYE_STATISTICS = ("background_near_share", "colour_groups_per_sprite")  # diagnostics: what of the gap shows
 
 # The quality bar (quality_bar_failures): every figure held against what real sprites score on the same footing.
@@ -83,8 +85,21 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
                       *(f"{r[n]:.3f} ({r[n + '_real']:.3f})" if n in r else "" for n in EYE_STATISTICS),
                       *(f"{r['context_accuracy_per_context'][n]:.3f} ({r['judge_heldout_accuracy_per_context'][n]:.3f})"
                         for n in names)])
-    tables = []
-    for head, body in ((header, rows), (header2, rows2)):
-        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        tables.append("\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]))
-    return "\n\n".join(tables)
+    return _markdown(header, rows) + "\n\n" + _markdown(header2, rows2)
+
+
+def per_context_table(r: dict[str, Any]) -> str:
+    """One run's figures per context, each cell "samples (that context's real sprites)": a weak context shows here."""
+    header = ["context", "context accuracy", "precision", "recall", "exact background",
+              f"background within {BACKGROUND_NEAR_LEVELS} levels", "colours per sprite",
+              f"colours within {COLOUR_GROUP_LEVELS} levels"]
+    accuracy, accuracy_real = r["context_accuracy_per_context"], r["judge_heldout_accuracy_per_context"]
+    rows = [[f"{name} ({row['samples']})", f"{accuracy[name]:.3f} ({accuracy_real[name]:.3f})",
+             *(f"{row[n]:.3f} ({row[n + '_real']:.3f})" if n in row else "" for n in PER_CONTEXT_FIGURES)]
+            for name, row in r["per_context"].items()]
+    return _markdown(header, rows)
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -41,9 +41,11 @@ def save_grid(grid: np.ndarray, path: str | Path, scale: int = GRID_SCALE) -> Pa
 
 
 def comparison_sheet(evaluator_or_real: Any, samples_uint8: np.ndarray,
-                     requested: np.ndarray, per_context: int = 8, seed: int = 0) -> np.ndarray:
+                     requested: np.ndarray, per_context: int = 8, seed: int = 0, focus: int | None = None,
+                     focus_rows: int = 4) -> np.ndarray:
     """A uint8 sheet, one row per context: `per_context` real sprites (seeded choice), a grey gap, then as many
-    samples asked for that context (seeded choice); grey cells where a context has fewer.
+    samples asked for that context (seeded choice); grey cells where a context has fewer. Context index
+    `focus` gets `focus_rows` rows instead of one, to look hard at a weak context at the same size.
 
     Side by side at the same pixel size, speckle, off-white backgrounds and muddy colours show at a glance.
     evaluator_or_real: an Evaluator, or (real sprites (N, R, R, 3) uint8, their context indices (N,)).
@@ -63,11 +65,17 @@ def comparison_sheet(evaluator_or_real: Any, samples_uint8: np.ndarray,
     gap = np.empty(real.shape[1:], np.uint8)
     gap[:] = SHEET_GAP_GREY
 
-    def pick(pool: np.ndarray) -> list[np.ndarray]:
-        chosen = pool[np.sort(rng.choice(len(pool), min(per_context, len(pool)), replace=False))]
-        return list(chosen) + [gap] * (per_context - len(chosen))
+    def pick(pool: np.ndarray, rows: int) -> list[list[np.ndarray]]:
+        chosen = list(pool[np.sort(rng.choice(len(pool), min(per_context * rows, len(pool)), replace=False))])
+        chosen += [gap] * (per_context * rows - len(chosen))
+        return [chosen[i:i + per_context] for i in range(0, len(chosen), per_context)]
 
-    cells = [cell for c in range(contexts) for cell in (*pick(real[labels == c]), gap, *pick(samples[requested == c]))]
+    cells = []
+    for c in range(contexts):
+        rows = focus_rows if c == focus else 1
+        real_rows, sample_rows = pick(real[labels == c], rows), pick(samples[requested == c], rows)
+        for real_row, sample_row in zip(real_rows, sample_rows, strict=True):
+            cells += [*real_row, gap, *sample_row]
     return make_grid(np.stack(cells), ncols=2 * per_context + 1, background=SHEET_GAP_GREY)
 
 

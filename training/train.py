@@ -22,6 +22,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch  # noqa: E402
@@ -104,6 +105,14 @@ def diffusion_loss(predicted: torch.Tensor, x0: torch.Tensor, noise: torch.Tenso
     snr = schedule.snr(t).float()
     weight = snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
     return (per_sample * weight).mean()
+
+
+def class_balance_weights(contexts: torch.Tensor, balance: str) -> torch.Tensor:
+    """Per-sprite drawing weights that give each context (its strongest entry) a share of the draws proportional
+    to its size ** 0.5 ("sqrt") or ** 0 ("equal"), instead of its size."""
+    labels = contexts.argmax(dim=1)
+    counts = torch.bincount(labels).double()
+    return counts[labels] ** -{"sqrt": 0.5, "equal": 1.0}[balance]
 
 
 class BatchIndices(torch.utils.data.Dataset):
@@ -213,9 +222,12 @@ def train(args: argparse.Namespace) -> int:
     device = accelerator.device
     images, contexts = dataset.images.to(device), dataset.contexts.to(device)
     # Its own generator: starting an epoch must not draw from the global RNG, or a resumed run would drift.
+    generator = torch.Generator().manual_seed(args.seed or 0)
+    sampler = None if args.class_balance == "none" else torch.utils.data.WeightedRandomSampler(
+        class_balance_weights(dataset.contexts, args.class_balance), len(dataset), generator=generator)
     loader = accelerator.prepare(torch.utils.data.DataLoader(
-        BatchIndices(len(dataset)), batch_size=args.train_batch_size, shuffle=True, collate_fn=_as_is,
-        generator=torch.Generator().manual_seed(args.seed or 0)))
+        BatchIndices(len(dataset)), batch_size=args.train_batch_size, shuffle=sampler is None, sampler=sampler,
+        collate_fn=_as_is, generator=generator))
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
@@ -238,6 +250,14 @@ def train(args: argparse.Namespace) -> int:
         unet.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
 
     global_step = 0
+    if resume is None and args.initial_step:  # no checkpoint to restore: put the schedules where that run was
+        global_step = args.initial_step
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(global_step * accelerator.num_processes):
+                lr_scheduler.step()
+        if ema is not None:
+            ema.optimization_step = global_step
     if resume is not None:
         global_step = checkpointing.load_checkpoint(accelerator, resume)
         logger.info(f"resuming from {resume.name} at step {global_step}", main_process_only=True)
