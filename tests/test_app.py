@@ -25,6 +25,7 @@ import model.loading
 from model import SpritePipeline, build_unet, load_pipeline, make_scheduler, to_uint8
 from model.gallery import forward_noise
 from model.images import sprite_tensor
+from ui import events as ui_events
 from ui import gradio_fixes
 from ui.forward import guess_by_step
 
@@ -100,19 +101,30 @@ def final_sprites(outputs) -> np.ndarray:
 
 # ---- event functions, called directly -------------------------------------------------------
 
-def test_generate_streams_frames_then_the_final_sprites(sprites):
+def test_generate_streams_frames_then_the_final_sprites(sprites, monkeypatch):
+    monkeypatch.setattr(ui_events, "LIVE_INTERVAL_S", 0.0)  # a live update for every GIF frame
     outputs = list(sprites.generate(**{**FAST, "num_inference_steps": 40}))
-    assert len(outputs) == app.LIVE_FRAMES + 1
-    for current, predicted, final, gif, sheet, stats, seed in outputs[:-1]:
+    assert len(outputs) == app.LIVE_FRAMES + 2  # 20 live frames, the final sprites, then the GIF and the sheet
+    for current, predicted, final, gif, sheet, stats, seed in outputs[:-2]:
         assert current is not None and predicted is not None
         assert (final, gif, sheet) == (None, None, None)
         assert stats.startswith("Step ") and seed == 7
-    current, predicted, final, gif, sheet, stats, seed = outputs[-1]
+    shown_first, done = outputs[-2:]
+    assert shown_first[2] is done[2] and shown_first[3:5] == (None, None) and shown_first[5] == done[5]
+    current, predicted, final, gif, sheet, stats, seed = done
     assert final.width >= 400  # enlarged by a whole factor: crisp
     assert Image.open(sheet).size == (32, 32)  # 4 sprites, 2 x 2, native 16 px, no padding
     with Image.open(gif) as animation:
         assert animation.format == "GIF" and animation.n_frames == app.LIVE_FRAMES + 1
     assert "40 DDPM steps" in stats and "steps/s" in stats and seed == 7
+
+
+def test_live_updates_come_no_more_often_than_an_eye_follows(sprites, monkeypatch):
+    monkeypatch.setattr(ui_events, "LIVE_INTERVAL_S", 3600.0)
+    outputs = list(sprites.generate(**{**FAST, "num_inference_steps": 40}))
+    assert [o[5].split(":")[0] for o in outputs[:-2]] == ["Step 1 of 40"]  # the first step's frame, then none
+    with Image.open(outputs[-1][3]) as animation:
+        assert animation.n_frames == app.LIVE_FRAMES + 1  # the GIF still holds every frame
 
 
 def test_first_update_comes_after_the_first_step(sprites):
@@ -453,12 +465,13 @@ def test_api_streams_before_the_final_result(client):
     for update in job:
         arrivals.append((time.perf_counter(), job.done(), update))
     first_time, done_at_first, first = arrivals[0]
-    assert len(arrivals) == app.LIVE_FRAMES + 1 and not done_at_first
+    assert 3 <= len(arrivals) <= app.LIVE_FRAMES + 2 and not done_at_first  # live frames, final sprites, files
     assert first[0] is not None and first[2] is None  # a live frame, no final sprites yet
     # It really came before, not in one burst at the end: the updates spread over most of the request's time
     # (a share, not seconds, so a fast machine passes too).
     assert arrivals[-1][0] - first_time > 0.3 * (arrivals[-1][0] - submitted)
-    final = arrivals[-1][2]
+    sprites_shown, final = arrivals[-2][2], arrivals[-1][2]
+    assert Path(sprites_shown[2]).is_file() and sprites_shown[3] is None  # the final sprites come first
     assert Path(final[2]).is_file() and Path(final[3]).suffix == ".gif" and Path(final[4]).suffix == ".png"
 
 

@@ -42,7 +42,11 @@ DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DPM-Solver++ 2M SDE", 10, 2.
 COMPARE_STEPS = 50
 COMPARED_SAMPLERS = ["DDIM", "UniPC", "DPM-Solver++ 2M SDE", "Euler ancestral"]  # the comparison's first pick
 WALK_STOPS, WALK_SPRITES, MAX_WALK_SPRITES = 7, 4, 8  # a context walk's columns, rows and most rows
-LIVE_FRAMES = 20  # streamed updates (and GIF frames) per run
+LIVE_FRAMES = 20  # GIF frames per run, and the most live updates
+# Live updates (and progress) at most this often: what an eye follows. Each update costs two pictures encoded, sent
+# and decoded, in a browser that may share the sampling's cores; at 0.25 s a default click took 1.35x the pipeline's
+# own time to its final sprites, at 0.4 s 1.29x (python -m benchmarks.click, docs/performance.md).
+LIVE_INTERVAL_S = 0.4
 # Grid widths in pixels, enlarged by whole numbers; the browser scales the live ones up, still crisp.
 LIVE_WIDTH, FINAL_WIDTH = 160, 560
 MAX_UPLOAD_SIDE = 2048  # an upload may hold at most this many pixels squared
@@ -169,8 +173,8 @@ class SpriteApp:
                  progress: gr.Progress = PROGRESS):
         """Stream sampling: (samples x_t, predicted x0, final grid, GIF, sprite sheet, stats, seed).
 
-        The first update follows the first step; later ones come every few steps, and the
-        final sprites, sheet and GIF come with the last update only.
+        The first update follows the first step; later ones come at most every LIVE_INTERVAL_S. The final sprites
+        come in an update of their own, and the GIF and the sheet in the last one, made while the page draws them.
         """
         args = self.settings(context, weights, num_inference_steps, sampler, add_noise, noise_scale,
                              guidance_scale, num_images, seed, randomize_seed)
@@ -182,20 +186,23 @@ class SpriteApp:
         every = max(1, n // LIVE_FRAMES)
         frames = []
         start = time.perf_counter()
+        shown = reported = start - LIVE_INTERVAL_S
         for step in busy_as_message(steps):
-            progress((step.index + 1, n), desc="Denoising", unit="steps")
-            if step.index % every and step.index < n - 1:
+            last = step.index == n - 1
+            if time.perf_counter() - reported >= LIVE_INTERVAL_S or last:
+                progress((step.index + 1, n), desc="Denoising", unit="steps")
+                reported = time.perf_counter()
+            if step.index % every and not last:
                 continue
             sprites = to_uint8(step.sample)
-            current = display_grid(sprites, LIVE_WIDTH)
+            frames.append(current := display_grid(sprites, LIVE_WIDTH))
+            if not last and time.perf_counter() - shown < LIVE_INTERVAL_S:
+                continue  # a GIF frame only: the page shows no more than an eye follows
             predicted = display_grid(to_uint8(step.predicted_clean), LIVE_WIDTH)
-            frames.append(current)
-            if step.index < n - 1:
+            if not last:
                 yield current, predicted, None, None, None, f"Step {step.index + 1} of {n}: t = {step.timestep}", seed
+                shown = time.perf_counter()
         seconds = time.perf_counter() - start
-        name = uuid.uuid4().hex[:12]
-        gif = save_gif(frames, self.file_dir / f"denoising-{name}.gif")
-        sheet = save_sheet(sprites, self.file_dir / f"sprites-{name}.png")
         stats = (f"**{len(sprites)} sprite{'s' if len(sprites) > 1 else ''}, {n} {SAMPLERS[args['sampler']].label} "
                  f"steps in {seconds:.2f} s** "
                  f"({n / seconds:.1f} steps/s), seed {seed}")
@@ -203,7 +210,12 @@ class SpriteApp:
             stats += " · this run was eager: the compiled U-Net is still being built (a minute or two after a start)"
         elif getattr(self.pipe, "compile_error", None):
             stats += " · eager (uncompiled): torch.compile is unavailable on this machine"
-        yield current, predicted, display_grid(sprites, FINAL_WIDTH), str(gif), str(sheet), stats, seed
+        final = display_grid(sprites, FINAL_WIDTH)
+        yield current, predicted, final, None, None, stats, seed
+        name = uuid.uuid4().hex[:12]
+        gif = save_gif(frames, self.file_dir / f"denoising-{name}.gif")
+        sheet = save_sheet(sprites, self.file_dir / f"sprites-{name}.png")
+        yield current, predicted, final, str(gif), str(sheet), stats, seed
 
     def compare(self, context: str = "hero", weights: str = "", num_inference_steps: int = COMPARE_STEPS,
                 noise_scale: float = 1.0, guidance_scale: float = DEFAULT_GUIDANCE, num_images: int = 16, seed: int = 0,
