@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # The GPU figures (docs/performance.md, docs/study.md), with the same scripts as on the CPU (needs requirements.txt's packages with
 # a CUDA build of PyTorch). Three parts, in order of importance; on the H100 this project used, sampling
-# took about 3 minutes, and the other two did not finish within the 2 and 3.3 minutes given them (docs/performance.md), so
+# took about 3 minutes, and the other two did not finish within the 2 and 3.3 minutes given them (CHANGELOG.md), so
 # give each part a call of its own where device time comes in slices. Each part has a time limit, so one
 # that hangs cannot take the others' time. Tables go to $OUT (runs/gpu), the time-to-quality run's
 # checkpoints to $RUNS (runs/gpu_ttq).
 #   bash benchmarks/gpu.sh                     # all three parts
 #   bash benchmarks/gpu.sh training quality    # some of them
-#   bash benchmarks/gpu.sh graphs              # not in the default three: the whole loop as CUDA graphs
-#   bash benchmarks/gpu.sh long                # nor this: the bundled preset trained longer (docs/study.md)
+#   bash benchmarks/gpu.sh long                # not in the default three: the bundled preset trained longer (docs/study.md)
 #   bash benchmarks/gpu.sh batch               # nor this: the bundled preset at batch 64, the same 600 epochs
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,11 +40,6 @@ for part in $PARTS; do
       timeout 540 "$PYTHON" benchmarks/time_to_quality.py --config training/configs/gpu_bf16.yaml --every 1000 \
         --output "$RUNS" 2>&1 | tee "$OUT/time_to_quality.md"
       cp "$RUNS/time_to_quality.json" "$OUT/" 2>/dev/null ;;
-    graphs)  # the app's guidance 2, 16 sprites: DDPM 500 and DDIM 50 step by step (eager, compiled whole step)
-             # against the loop in chunks of 50 and in one chunk, eager and as CUDA graphs (model/graphs.py),
-             # with each path's distance from eager in uint8 levels; then a profile of one eager DDPM step
-      timeout 300 "$PYTHON" benchmarks/graph_sampling.py --device cuda --sprites 16 --runs ddpm:500 ddim:50 \
-        --chunk_steps 50 500 --guidance_scale 2 2>&1 | tee "$OUT/graph_sampling.md" ;;
     study)  # the quality study (studies/quality_study.py): every arm side by side, each time-boxed
       timeout "${STUDY_LIMIT:-560}" "$PYTHON" -m studies.quality_study --out "$RUNS/study" \
         --max_train_minutes "${STUDY_MINUTES:-4.5}" --pack "$OUT" 2>&1 | tee "$OUT/study.log" ;;
@@ -59,6 +53,6 @@ for part in $PARTS; do
       timeout "${BATCH_LIMIT:-590}" "$PYTHON" -m studies.quality_study --out "$RUNS/batch" \
         --arms medium1-g16-b64 --steps 6000 --max_train_minutes "${BATCH_MINUTES:-6.5}" \
         --pack "$OUT" 2>&1 | tee "$OUT/batch.log" ;;
-    *) echo "unknown part $part (sampling, training, quality, study, long, batch, graphs)" >&2; exit 2 ;;
+    *) echo "unknown part $part (sampling, training, quality, study, long, batch)" >&2; exit 2 ;;
   esac
 done
