@@ -12,10 +12,8 @@ user downloads every file the stream names, as the page does, and the final grid
 download cut off counts against the run). With --same_request all users send the same request, so every answer holds
 the same pictures, which gradio stores under one name. Each mode runs in a fresh server: "batched" merges the U-Net
 calls of every request in flight (model/batching.py), "one at a time" samples one request at a time with up to 16
-waiting (the app before batching). The report, a column per mode: throughput (sprites x steps per second), time to
-the first streamed frame and to the final sprites (p50, p95), refusals, failures, the server's memory across the
-run, and the temp files left once gradio's cleanup has run (the app keeps files for 30 minutes; here --cleanup_age
-s).
+waiting (the app before batching). The report has a column per mode; its temp files are counted once gradio's
+cleanup has run (the app keeps files for 30 minutes; here --cleanup_age s).
 """
 
 from __future__ import annotations
@@ -50,6 +48,7 @@ from ui.events import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: 
 
 DEFAULT_MODEL = ROOT / "model" / "default"
 MODES = ("batched", "one at a time")
+CONTEXTS = ["hero", "non-hero", "food", "spell", "item"]  # what the users ask for; the random model's contexts
 
 
 @dataclass
@@ -107,8 +106,7 @@ def random_model(folder: Path, preset: str) -> Path:
     from model import SpritePipeline, build_unet, make_scheduler
 
     torch.manual_seed(0)
-    names = ["hero", "non-hero", "food", "spell", "item"]
-    SpritePipeline(build_unet(len(names), preset), make_scheduler(), names).save_pretrained(folder)
+    SpritePipeline(build_unet(len(CONTEXTS), preset), make_scheduler(), CONTEXTS).save_pretrained(folder)
     return folder
 
 
@@ -171,11 +169,9 @@ def run_users(url: str, args: argparse.Namespace, results: Results, server_pid: 
         client = Client(url, download_files=str(downloads), analytics_enabled=False, verbose=False)
         repeat = False
         while time.monotonic() < deadline:
-            request = default_request(args, "hero", 0) if args.same_request else \
-                default_request(args, rng.choice(["hero", "non-hero", "food", "spell", "item"]),
-                                rng.randint(0, 2**31 - 1))
+            context, seed = ("hero", 0) if args.same_request else (rng.choice(CONTEXTS), rng.randint(0, 2**31 - 1))
             began = time.perf_counter()
-            job = client.submit(**request, api_name="/generate")
+            job = client.submit(**default_request(args, context, seed), api_name="/generate")
             try:
                 first, give_up = None, time.monotonic() + args.seconds + 300
                 # Polled every 20 ms: iterating a Job spins every 1 ms in each of the users' threads, on the cores

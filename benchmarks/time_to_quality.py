@@ -30,6 +30,7 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 from benchmarks.common import machine_name  # noqa: E402
 from model import SpritePipeline, make_scheduler  # noqa: E402
+from training.checkpointing import list_checkpoints, step_of  # noqa: E402
 from training.evaluate import Evaluator, parse_run  # noqa: E402
 from training.options import parse_args  # noqa: E402
 from training.quality_bar import quality_bar_failures  # noqa: E402
@@ -52,11 +53,6 @@ def train(args: argparse.Namespace, extra: list[str]) -> float:
 def run_label(run: tuple[str, int, float | None]) -> str:
     sampler, steps, guidance = run
     return f"{sampler}:{steps}" + (f":{guidance:g}" if guidance is not None else "")
-
-
-def checkpoints(output: Path) -> list[tuple[int, Path]]:
-    found = [(int(p.name.split("-")[1]), p) for p in output.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    return sorted(found)
 
 
 def written_at(folder: Path) -> float:
@@ -82,12 +78,12 @@ def main() -> None:
     parser.add_argument("--skip_training", action="store_true", help="only evaluate the checkpoints in --output")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    if any(p.name.startswith("checkpoint-") for p in args.output.glob("*")) and not args.skip_training:
-        parser.exit(2, f"error: {args.output} already has checkpoints; pick a new --output or --skip_training\n")
-    start = None if args.skip_training else train(args, extra)
-    if start is None:
+    if args.skip_training:
         start = json.loads((args.output / "launch.json").read_text())["launched_at"]
+    elif list_checkpoints(args.output):
+        parser.exit(2, f"error: {args.output} already has checkpoints; pick a new --output or --skip_training\n")
     else:
+        start = train(args, extra)
         (args.output / "launch.json").write_text(json.dumps({"launched_at": start}) + "\n")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,7 +93,8 @@ def main() -> None:
     print("| checkpoint step | minutes from launch | context accuracy | lowest context | Fréchet ratio "
           "| memorisation | meets the bar |\n|" + " --- |" * 7, flush=True)
     pipe = None
-    for step, folder in checkpoints(args.output):
+    for folder in list_checkpoints(args.output):
+        step = step_of(folder)
         unet = UNet2DModel.from_pretrained(folder / "ema", use_safetensors=True)
         if pipe is None:
             pipe = SpritePipeline(unet, make_scheduler(), evaluator.names).to(device)

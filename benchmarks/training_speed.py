@@ -15,6 +15,7 @@ so a machine that speeds up or slows down during the run (a shared VM does) bias
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import statistics
 import subprocess
@@ -35,36 +36,28 @@ from training.sprite_data import load_dataset  # noqa: E402
 def naive_images_per_second(preset: str, steps: int, device: torch.device) -> float:
     """The course's loop: DataLoader over single sprites, batch 100, fp32, eager."""
     dataset = load_dataset("default")
-    names = dataset.context_names
-    unet = build_unet(len(names), preset).to(device).train()
+    unet = build_unet(len(dataset.context_names), preset).to(device).train()
     schedule = NoiseSchedule(make_scheduler())
-    alpha_bar_device = schedule.alpha_bar.to(device)
-    schedule.alpha_bar = alpha_bar_device
+    schedule.alpha_bar = schedule.alpha_bar.to(device)
     optimizer = torch.optim.Adam(unet.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True, drop_last=True)
-    done, images, start = 0, 0, None
-    while done < steps + 1:
-        for x0, context in loader:
-            x0, context = x0.to(device), context.to(device)
-            noise = torch.randn_like(x0)
-            t = torch.randint(1, schedule.num_steps + 1, (x0.shape[0],), device=device)
-            predicted = unet(schedule.add_noise(x0, noise, t), unet_timestep(t), class_labels=context).sample
-            loss = F.mse_loss(predicted, noise)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done == 1:  # leave out the warm-up step, as train.py does
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-            else:
-                images += x0.shape[0]
-            if done == steps + 1:
-                break
+    epochs = itertools.chain.from_iterable(itertools.repeat(loader))
+    for step, (x0, context) in enumerate(itertools.islice(epochs, steps + 1)):
+        x0, context = x0.to(device), context.to(device)
+        noise = torch.randn_like(x0)
+        t = torch.randint(1, schedule.num_steps + 1, (x0.shape[0],), device=device)
+        predicted = unet(schedule.add_noise(x0, noise, t), unet_timestep(t), class_labels=context).sample
+        loss = F.mse_loss(predicted, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step == 0:  # leave out the warm-up step, as train.py does
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return images / (time.perf_counter() - start)
+    return steps * loader.batch_size / (time.perf_counter() - start)
 
 
 def naive_in_fresh_process(preset: str, steps: int, device: torch.device) -> float:

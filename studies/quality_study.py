@@ -17,10 +17,13 @@ are drawn in one batch per setting with the same seed for every arm, so arms dif
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from model import load_pipeline
+from model import build_unet, load_pipeline, to_uint8
 from training.evaluate import Evaluator, machine_info, parse_run
 from training.quality_bar import quality_bar_failures
+from training.sprite_data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared recipe; each arm adds its own flags. Same seed, so arms of one preset start from the same weights.
@@ -145,8 +149,7 @@ def sample_arm(folder: Path, settings: list[tuple[str, int, float | None]], num_
         sample = None
         for step in pipe._reverse_process(weights, steps, sampler, True, 1.0, guidance or 1.0, generator):
             sample = step.sample
-        out[run_key(sampler, steps, guidance)] = ((sample.float().clamp(-1, 1) + 1) * 127.5).round().to(
-            torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out[run_key(sampler, steps, guidance)] = to_uint8(sample)
     return out
 
 
@@ -156,8 +159,6 @@ def run_key(sampler: str, steps: int, guidance: float | None) -> str:
 
 def score_arm(name: str, spec: dict[str, Any], samples: dict[str, np.ndarray],
               evaluators: dict[tuple, Evaluator]) -> list[dict[str, Any]]:
-    from training.sprite_data import load_dataset
-
     names = spec["context_names"].split(",") if spec["context_names"] else None
     downscale = "area" if "area" in spec["flags"] else "palette"
     key = (spec["dataset"], downscale, spec["judge"])
@@ -181,9 +182,6 @@ def pack(study: dict[str, Any], out: Path, to: Path, model_budget_mb: float = 40
          samples_budget_mb: float = 16.0) -> None:
     """What comes back from a lent machine, in few files: study.json, all samples, logs, and the pipelines
     of the best arms that fit model_budget_mb (tar parts of at most 15 MiB)."""
-    import io
-    import tarfile
-
     to.mkdir(parents=True, exist_ok=True)
     (to / "study.json").write_text(json.dumps(study, indent=2, default=str) + "\n")
     arrays = {}
@@ -228,23 +226,15 @@ def pack(study: dict[str, Any], out: Path, to: Path, model_budget_mb: float = 40
 
 def steps_reached(info: dict[str, Any]) -> str:
     """'4750 of 6000' from an arm's train.log summary lines."""
-    import re
-
-    for line in info.get("log", []):
-        box = re.search(r"reached at step (\d+) of (\d+)", line)
-        if box:
-            return f"{box[1]} of {box[2]}"
-    for line in info.get("log", []):
-        done = re.search(r"trained to step (\d+)", line)
-        if done:
-            return done[1]
-    return "?"
+    log = "\n".join(info.get("log", []))
+    if box := re.search(r"reached at step (\d+) of (\d+)", log):
+        return f"{box[1]} of {box[2]}"
+    done = re.search(r"trained to step (\d+)", log)
+    return done[1] if done else "?"
 
 
 def study_table(studies: list[dict[str, Any]], setting: str) -> str:
     """One Markdown row per arm for one sampling setting ("ddpm:500:2"), each figure next to the real sprites'."""
-    from model.unet import build_unet
-
     head = ["run", "arm", "parameters", "steps reached", "context accuracy (lowest)", "precision (real)",
             "recall (real)", "KID (real)", "background exact (real)", "colours per sprite (real)", "HF energy (real)",
             "memorisation", "misses of the bar"]

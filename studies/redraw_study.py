@@ -20,11 +20,12 @@ every strength, so the strengths differ only in how far the same noise takes the
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,30 +102,32 @@ def rms_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3)))
 
 
-def redraw_each(pipe: Any, sprites: np.ndarray, contexts: Sequence[str], strength: float, settings: Settings,
-                bar: tqdm) -> np.ndarray:
-    """One variation of every sprite (sprite k with seed settings.seed + k) -> (N, R, R, 3) uint8."""
-    return np.stack([pipe.redraw(sprite, context, strength, num_images=1, num_inference_steps=settings.steps,
-                                 sampler=settings.sampler, guidance_scale=settings.guidance_scale,
-                                 seed=settings.seed + k, callback=lambda *_: bar.update()).array[0]
-                     for k, (sprite, context) in enumerate(zip(sprites, contexts, strict=True))])
+def redraw_each(pipe: Any, sprites: np.ndarray, contexts: Sequence[str], strengths: Sequence[float],
+                settings: Settings, desc: str) -> Iterator[tuple[float, np.ndarray]]:
+    """(strength, one variation of every sprite as (N, R, R, 3) uint8) per strength, under one progress bar.
+    Sprite k gets seed settings.seed + k at every strength."""
+    total = len(sprites) * sum(steps_run(pipe, settings, s) for s in strengths)
+    with tqdm(total=total, unit="step", desc=desc, file=sys.stderr) as bar:
+        for strength in strengths:
+            yield strength, np.stack([
+                pipe.redraw(sprite, context, strength, num_images=1, num_inference_steps=settings.steps,
+                            sampler=settings.sampler, guidance_scale=settings.guidance_scale, seed=settings.seed + k,
+                            callback=lambda *_: bar.update()).array[0]
+                for k, (sprite, context) in enumerate(zip(sprites, contexts, strict=True))])
 
 
 def faithfulness(pipe: Any, evaluator: Any, idx: np.ndarray, settings: Settings) -> list[dict[str, Any]]:
     """Each sprite redrawn under its own context: the mean distance to the input, per strength."""
     sprites, labels = evaluator.real[idx], evaluator.labels[idx]
-    contexts = [evaluator.names[c] for c in labels]
     rows = []
-    total = len(idx) * sum(steps_run(pipe, settings, s) for s in settings.faithful_strengths)
-    with tqdm(total=total, unit="step", desc=f"faithfulness, {len(idx)} sprites", file=sys.stderr) as bar:
-        for strength in settings.faithful_strengths:
-            redrawn = redraw_each(pipe, sprites, contexts, strength, settings, bar)
-            distance = rms_distance(redrawn, sprites)
-            verdict = judge_outputs(evaluator.judge, redrawn)[0]
-            rows.append({"strength": strength, "t0": round(strength * pipe.num_train_steps),
-                         "steps_run": steps_run(pipe, settings, strength),
-                         "mean_distance": float(distance.mean()), "median_distance": float(np.median(distance)),
-                         "judged_own_context": float((verdict == labels).mean())})
+    for strength, redrawn in redraw_each(pipe, sprites, [evaluator.names[c] for c in labels],
+                                         settings.faithful_strengths, settings, f"faithfulness, {len(idx)} sprites"):
+        distance = rms_distance(redrawn, sprites)
+        verdict = judge_outputs(evaluator.judge, redrawn)[0]
+        rows.append({"strength": strength, "t0": round(strength * pipe.num_train_steps),
+                     "steps_run": steps_run(pipe, settings, strength), "mean_distance": float(distance.mean()),
+                     "median_distance": float(np.median(distance)),
+                     "judged_own_context": float((verdict == labels).mean())})
     return rows
 
 
@@ -132,21 +135,16 @@ def transfer(pipe: Any, evaluator: Any, idx: np.ndarray, settings: Settings) -> 
     """Source sprites redrawn as the target context: the judge's verdicts per strength (0: the sprites as they are)."""
     sprites = evaluator.real[idx]
     source, target = evaluator.names.index(settings.source), evaluator.names.index(settings.target)
-
-    def row(strength: float, redrawn: np.ndarray) -> dict[str, Any]:
-        verdict = judge_outputs(evaluator.judge, redrawn)[0]
-        return {"strength": strength, "t0": round(strength * pipe.num_train_steps),
-                "steps_run": steps_run(pipe, settings, strength), "judged_target": float((verdict == target).mean()),
-                "judged_source": float((verdict == source).mean()),
-                "mean_distance": float(rms_distance(redrawn, sprites).mean())}
-
-    rows = [row(0.0, sprites)]
-    total = len(idx) * sum(steps_run(pipe, settings, s) for s in settings.transfer_strengths)
-    with tqdm(total=total, unit="step", desc=f"{settings.source} as {settings.target}, {len(idx)} sprites",
-              file=sys.stderr) as bar:
-        for strength in settings.transfer_strengths:
-            rows.append(row(strength, redraw_each(pipe, sprites, [settings.target] * len(idx), strength, settings,
-                                                  bar)))
+    redrawn = redraw_each(pipe, sprites, [settings.target] * len(idx), settings.transfer_strengths, settings,
+                          f"{settings.source} as {settings.target}, {len(idx)} sprites")
+    rows = []
+    for strength, moved in itertools.chain([(0.0, sprites)], redrawn):
+        verdict = judge_outputs(evaluator.judge, moved)[0]
+        rows.append({"strength": strength, "t0": round(strength * pipe.num_train_steps),
+                     "steps_run": steps_run(pipe, settings, strength),
+                     "judged_target": float((verdict == target).mean()),
+                     "judged_source": float((verdict == source).mean()),
+                     "mean_distance": float(rms_distance(moved, sprites).mean())})
     return rows
 
 

@@ -65,8 +65,8 @@ def measure_quality(pipe, evaluator: Evaluator, runs: list[tuple[str, int]], res
                    judge_heldout_accuracy=scores["judge_heldout_accuracy"],
                    lowest_context_accuracy=min(scores["context_accuracy_per_context"].values()),
                    failures=quality_bar_failures(scores),
-                   failures_besides_pixels=[f for f in quality_bar_failures({**scores, **{
-                       name: scores[f"{name}_real"] for name in PIXEL_STATISTICS}})])
+                   failures_besides_pixels=quality_bar_failures(
+                       {**scores, **{name: scores[f"{name}_real"] for name in PIXEL_STATISTICS}}))
         save_results(results, path)
         print(f"{sampler} {steps}: accuracy {row['context_accuracy']:.3f}, precision {row['precision']:.3f}, "
               f"recall {row['recall']:.3f}, KID {row['kid']:.2f}; {len(row['failures'])} bar failures", flush=True)

@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from training.sprite_data import BACKGROUND, DEFAULT_NPZ  # noqa: E402
+from model.images import make_grid, upscale
+from training.sprite_data import BACKGROUND, DEFAULT_NPZ
 
 CONTEXTS = ["hero", "non-hero", "food", "spell", "item"]
 ARRAYS_SHA256 = "860a2bd99a0d51f5cb9881c354056b8b72b752e8b0aec98968064796072995d4"
@@ -199,8 +200,7 @@ def build(tiles: dict[str, bytes], extra_food: dict[str, bytes], n_dolls: int = 
     tiles: Crawl PNGs by path relative to rltiles/; extra_food: other food PNGs by source name.
     A sprite counts once: its mirror image is a duplicate, since training flips at random.
     """
-    items = [(f"crawl:{rel}", context_of(rel), tiles[rel]) for rel in sorted(tiles)]
-    items = [it for it in items if it[1] is not None]
+    items = [(f"crawl:{rel}", ctx, tiles[rel]) for rel in sorted(tiles) if (ctx := context_of(rel)) is not None]
     items += [(name, "food", extra_food[name]) for name in sorted(extra_food)]
     decoded = [(name, ctx, decode(data)) for name, ctx, data in items]
     decoded += [(name, "hero", rgba) for name, rgba in paper_dolls(tiles, n_dolls, seed)]
@@ -219,8 +219,7 @@ def build(tiles: dict[str, bytes], extra_food: dict[str, bytes], n_dolls: int = 
         if (i + 1) % 500 == 0 or i + 1 == len(decoded):
             log(f"  rendered {i + 1}/{len(decoded)} tiles, kept {len(rows)}")
     log(f"  dropped {dropped['near-empty']} near-empty and {dropped['duplicate']} duplicate tiles")
-    labels = np.zeros((len(rows), len(CONTEXTS)), np.uint8)
-    labels[np.arange(len(rows)), [CONTEXTS.index(r[1]) for r in rows]] = 1
+    labels = np.eye(len(CONTEXTS), dtype=np.uint8)[[CONTEXTS.index(r[1]) for r in rows]]
     return {
         "images16": np.stack([r[3] for r in rows]) if rows else np.zeros((0, 16, 16, 3), np.uint8),
         "images32": np.stack([r[2] for r in rows]) if rows else np.zeros((0, 32, 32, 3), np.uint8),
@@ -253,25 +252,10 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def contact_sheet(images: np.ndarray, cols: int = 12, scale: int = 3, limit: int = 144) -> Image.Image:
     """Grid of sprites, evenly sampled when there are more than `limit`, upscaled without smoothing."""
     idx = np.linspace(0, len(images) - 1, min(limit, len(images))).round().astype(int)
-    r = images.shape[1]
-    rows = -(-len(idx) // cols)
-    sheet = np.full((rows * (r + 1) + 1, cols * (r + 1) + 1, 3), 64, np.uint8)  # dark 1 px grid lines
-    for k, i in enumerate(idx):
-        y, x = divmod(k, cols)
-        sheet[1 + y * (r + 1):(y + 1) * (r + 1), 1 + x * (r + 1):(x + 1) * (r + 1)] = images[i]
-    im = Image.fromarray(sheet)
-    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    return upscale(make_grid(images[idx], ncols=cols, background=(64, 64, 64)), scale)  # dark 1 px grid lines
 
 
 # ----------------------------------------------------------------------------- sources
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def derived_apt_sources(etc: Path = Path("/etc/apt")) -> str:
     """The machine's enabled apt sources as deb822 stanzas that also offer source packages."""
@@ -329,7 +313,8 @@ def fetch(sources: list[Source], cache: Path, log=print) -> dict[str, Path]:
                     raise SystemExit(f"apt could not fetch {s.filename}:\n{r.stderr.strip()}")
     paths = {}
     for s in sources:
-        digest = sha256_file(cache / s.filename)
+        with open(cache / s.filename, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if digest != s.sha256:
             raise SystemExit(f"{cache / s.filename}: sha256 {digest} != expected {s.sha256}")
         log(f"  {s.filename}: sha256 ok")

@@ -148,8 +148,7 @@ def build(files: dict[str, str], log=print) -> dict[str, np.ndarray]:
             rows.append((ctx, name, img))
     for why, names in dropped.items():
         log(f"  dropped {len(names)} {why} tiles" + (f": {', '.join(names)}" if why == "flat" else ""))
-    labels = np.zeros((len(rows), len(CONTEXTS)), np.uint8)
-    labels[np.arange(len(rows)), [CONTEXTS.index(r[0]) for r in rows]] = 1
+    labels = np.eye(len(CONTEXTS), dtype=np.uint8)[[CONTEXTS.index(r[0]) for r in rows]]
     return {"images": np.stack([r[2] for r in rows]) if rows else np.zeros((0, 16, 16, 3), np.uint8),
             "labels": labels, "names": np.array([r[1] for r in rows])}
 
