@@ -34,7 +34,7 @@ MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
 # Chosen in docs/samplers.md: with the bundled model and guidance 2, DPM-Solver++ 2M SDE at 10 steps meets the quality
 # bar besides its pixel statistics (which no run meets) at 200 sprites per context, with backgrounds that look clean
 # (88% within 3 levels of white, against 66% for UniPC 5, the previous default) and the fewest visible colours short of
-# DDPM 500: 16 sprites in about 1.8 s on a 2-core CPU (compiled). DDPM 500 takes about 90 s.
+# DDPM 500: 16 sprites in 1.3 s on a 2-core CPU (compiled), DDPM 500 in 81 s (docs/performance.md).
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "DPM-Solver++ 2M SDE", 10, 2.0
 # The noise on/off comparison runs DDPM at steps of its own: at the page's 5-10 the re-added noise is too coarse and
 # the "on" side is speckled too. From about 20 steps "on" gives clean figures and "off" the dark collapsed blob
