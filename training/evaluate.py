@@ -48,6 +48,7 @@ from training.metrics import (  # noqa: F401  (frechet_distance: re-exported, it
     manifold_membership,
     nearest_distances,
     pixel_statistics,
+    precision_recall,
 )
 from training.quality_bar import markdown_table, per_context_table, run_label
 
@@ -184,17 +185,16 @@ class Evaluator:
             mine = np.flatnonzero(requested == c)
             if not len(mine) or name not in self.real_pixels_per_context:
                 continue
-            real_pixels = self.real_pixels_per_context[name]
-            row = {**pixel_statistics(samples[mine], self.background),
-                   **{f"{stat}_real": value for stat, value in real_pixels.items()}, "samples": int(len(mine))}
+            row = {**pixel_statistics(samples[mine], self.background), "samples": int(len(mine)),
+                   **{f"{stat}_real": value for stat, value in self.real_pixels_per_context[name].items()}}
             half_a = self.half_a[self.labels[self.half_a] == c]
             reference = self.real_features[self.half_b[self.labels[self.half_b] == c]]
             k = min(len(mine), len(half_a))
             if k > PR_NEIGHBOURS and len(reference) > PR_NEIGHBOURS:
                 for suffix, chosen in (("", features[rng.choice(mine, k, replace=False)]),
                                        ("_real", self.real_features[rng.choice(half_a, k, replace=False)])):
-                    row[f"precision{suffix}"] = float(manifold_membership(reference, chosen, PR_NEIGHBOURS).mean())
-                    row[f"recall{suffix}"] = float(manifold_membership(chosen, reference, PR_NEIGHBOURS).mean())
+                    pr = precision_recall(reference, chosen, PR_NEIGHBOURS)
+                    row[f"precision{suffix}"], row[f"recall{suffix}"] = pr
             rows[name] = row
         return rows
 
