@@ -21,12 +21,13 @@ from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 from PIL import Image
 
 from .batching import ContinuousBatcher
+from .deepcache import DeepCache, check_cacheable, split_forward
 from .editing import PLAIN, EditPlan, SpriteEditing, StepCallback
 from .fast import NoisePredictor, compile_error_of, compiled_step, eager_predictor, fast_predictor
 from .results import ContextSpec, DenoiseStep, SpriteOutput
 from .samplers import SAMPLERS, get_sampler
 from .schedule import NoiseSchedule, timestep_grid, unet_timestep
-from .unet import attach_context_embedding
+from .unet import attach_context_embedding, guidance_weights
 
 MAX_IMAGES = 64  # per call; the app and the API share this limit
 __all__ = ["MAX_IMAGES", "SAMPLERS", "DenoiseStep", "SpriteOutput", "SpritePipeline", "to_uint8"]
@@ -42,19 +43,27 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
     unet: UNet2DModel
     scheduler: DDPMScheduler
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, context_names: list[str] | None = None):
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, context_names: list[str] | None = None,
+                 guidance_knots: list[float] | None = None):
+        """guidance_knots: a guidance-distilled U-Net's scales (training/train.py --distill_guidance); its class
+        table has a row for each after the contexts' rows, and it draws guided sprites in one pass."""
         super().__init__()
+        knots = [float(k) for k in guidance_knots or ()]
         n = unet.config.num_class_embeds
-        names = list(context_names) if context_names is not None else [f"context {i}" for i in range(n or 0)]
-        if n is None or n != len(names):
+        names = list(context_names) if context_names is not None else \
+            [f"context {i}" for i in range((n or 0) - len(knots))]
+        if n is None or n != len(names) + len(knots):
             raise ValueError(
                 f"model config mismatch: the U-Net has {n} context embeddings but the model names "
-                f"{len(names)} contexts ({', '.join(names)})")
+                f"{len(names)} contexts ({', '.join(names)})" + (f" and {len(knots)} guidance scales" if knots else ""))
+        if knots and (len(knots) < 2 or np.diff(knots).min() <= 0 or np.ptp(np.diff(knots)) > 1e-6):
+            raise ValueError(f"guidance_knots must be at least two evenly spaced rising scales, got {knots}")
         self.register_modules(unet=attach_context_embedding(unet), scheduler=scheduler)
-        self.register_to_config(context_names=names)
+        self.register_to_config(context_names=names, guidance_knots=knots or None)
         self.noise_schedule = NoiseSchedule(scheduler)  # alpha_bar and the step table; self.scheduler is diffusers'
         self.predicts_velocity = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
         self.noise_predictor: NoisePredictor = eager_predictor(self.unet)
+        self.split_forward = partial(split_forward, self.unet)  # DeepCache's U-Net: whole or outer blocks only
         self.step_function: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self.denoise_step
         self.compiled_batch_sizes: tuple[int, ...] = ()  # U-Net rows the compiled predictor serves
         self.compiling = False  # True while compile_in_background works
@@ -82,7 +91,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
             self.step_function = compiled_step(self.denoise_step, self.device.type)
             return
         predictor = fast_predictor(self.unet, compile=compile, bf16=bf16, batch_sizes=batch_sizes)
-        size, contexts = self.unet.config.sample_size, len(self.context_names)
+        size, contexts = self.unet.config.sample_size, self.unet.config.num_class_embeds  # guidance rows too
         with torch.inference_mode():  # sampling runs in inference mode: compile for that
             for rows in batch_sizes or ():
                 predictor(torch.zeros(rows, 3, size, size, device=self.device),
@@ -146,6 +155,21 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
         return list(self.config.context_names)
 
     @property
+    def guidance_knots(self) -> list[float]:
+        return list(self.config.get("guidance_knots") or ())
+
+    def one_pass_guidance(self, guidance_scale: float) -> bool:
+        """Whether this scale is drawn in one U-Net pass: a guidance-distilled model, within its scales."""
+        knots = self.guidance_knots
+        return bool(knots) and knots[0] <= guidance_scale <= knots[-1]
+
+    def unet_rows(self, num_images: int, guidance_scale: float, two_pass_guidance: bool = False) -> int:
+        """U-Net rows per step: two per sprite for the course's classifier-free guidance, else one."""
+        one_pass = guidance_scale == 1.0 or (not two_pass_guidance and (
+            guidance_scale == 0.0 or self.one_pass_guidance(guidance_scale)))
+        return num_images * (1 if one_pass else 2)
+
+    @property
     def num_train_steps(self) -> int:
         return self.noise_schedule.num_steps
 
@@ -198,22 +222,33 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
                 raise ValueError(f"{name} must be a number from 0 to 20, got {value!r}")
 
     # ---- the reverse process -----------------------------------------------------------
-    def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def predict_noise(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                      predictor: NoisePredictor | None = None) -> torch.Tensor:
         """The U-Net's output for these rows, with one float timestep per row: the form a merged call of several
-        requests takes, so one compiled shape serves requests alone and batched (the values are the same)."""
+        requests takes, so one compiled shape serves requests alone and batched (the values are the same).
+        predictor: this run's own (a DeepCache) instead of the shared one."""
         timestep = timestep.reshape(-1).to(torch.float32).expand(sample.shape[0]).contiguous()
+        if self.guidance_knots and context.shape[-1] == len(self.context_names):
+            context = self.with_guidance(context, 1.0)  # no guidance: a distilled model's rows at scale 1
+        if predictor is not None:
+            return predictor(sample, timestep, context)
         if self.batcher is not None:
             return self.batcher.predict(sample, timestep, context)
         return self.noise_predictor(sample, timestep, context)
 
+    def with_guidance(self, context: torch.Tensor, guidance_scale: float | torch.Tensor) -> torch.Tensor:
+        """(N, C) context weights -> (N, C + K): a guidance-distilled U-Net's input for that guidance scale."""
+        scale = torch.as_tensor(guidance_scale, device=context.device).expand(context.shape[0])
+        return torch.cat([context, guidance_weights(scale, self.guidance_knots).to(context.dtype)], dim=1)
+
     def guided_output(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                      guidance: torch.Tensor | None = None) -> torch.Tensor:
+                      guidance: torch.Tensor | None = None, predictor: NoisePredictor | None = None) -> torch.Tensor:
         """The U-Net's output for x_t; with a guidance scale, pushed away from the unconditional (zero context)
         estimate: classifier-free guidance, uncond + scale * (cond - uncond)."""
         if guidance is None:
-            return self.predict_noise(sample, timestep, context)
+            return self.predict_noise(sample, timestep, context, predictor)
         both = self.predict_noise(torch.cat([sample, sample]), timestep,
-                                  torch.cat([context, torch.zeros_like(context)]))
+                                  torch.cat([context, torch.zeros_like(context)]), predictor)
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
@@ -239,14 +274,15 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
 
     def denoise_step(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                      coefficients: torch.Tensor, extra_noise: torch.Tensor,
-                     guidance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     guidance: torch.Tensor | None = None, predictor: NoisePredictor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One DDPM or DDIM step: predict the noise in x_t, then remove it. Returns (x_{t_prev}, x0_hat).
 
         coefficients: this step's row of NoiseSchedule.step_table (s1, s2, s3, sqrt(ab_t),
         sqrt(1 - ab_t)); they are tensors, not Python numbers, so a compiled step serves every t.
         guidance: None, or the classifier-free guidance scale.
         """
-        output = self.guided_output(sample, timestep, context, guidance)
+        output = self.guided_output(sample, timestep, context, guidance, predictor)
         s1, s2, s3, sqrt_alpha_bar, sqrt_one_minus_alpha_bar = coefficients.unbind()
         predicted_noise, predicted_clean = self.noise_and_clean(sample, output, sqrt_alpha_bar,
                                                                 sqrt_one_minus_alpha_bar)
@@ -258,15 +294,23 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
     def denoise(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,
                 sampler: str = "ddpm", add_noise: bool = True, noise_scale: float = 1.0,
                 guidance_scale: float = 1.0, generator: torch.Generator | None = None,
-                seed: int | None = None) -> Iterator[DenoiseStep]:
+                seed: int | None = None, two_pass_guidance: bool = False,
+                cache_interval: int = 1) -> Iterator[DenoiseStep]:
         """Check the inputs now, then iterate over every step of sampling from pure noise.
 
         Arguments as in :meth:`__call__`.
         """
         self.check_inputs(num_images, num_inference_steps, sampler, guidance_scale, noise_scale)
+        if isinstance(cache_interval, bool) or not isinstance(cache_interval, int) or cache_interval < 1:
+            raise ValueError(f"cache_interval must be a whole number of at least 1, got {cache_interval!r}")
+        if cache_interval > 1:
+            check_cacheable(self.unet)
+            if self.batcher is not None:
+                raise ValueError("cache_interval keeps one request's deep features: not with batching")
         context_weights = self.context_vector(context, num_images)
         return self._reverse_process(context_weights, num_inference_steps, sampler, add_noise, noise_scale,
-                                     guidance_scale, self._generator(generator, seed))
+                                     guidance_scale, self._generator(generator, seed),
+                                     two_pass_guidance=two_pass_guidance, cache_interval=cache_interval)
 
     @staticmethod
     def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
@@ -277,11 +321,17 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
 
     def _reverse_process(self, context_weights: torch.Tensor, num_inference_steps: int, sampler: str,
                          add_noise: bool, noise_scale: float, guidance_scale: float,
-                         generator: torch.Generator | None, plan: EditPlan = PLAIN) -> Iterator[DenoiseStep]:
+                         generator: torch.Generator | None, plan: EditPlan = PLAIN,
+                         two_pass_guidance: bool = False, cache_interval: int = 1) -> Iterator[DenoiseStep]:
         """The reverse loop below; with batching on, its U-Net calls merged with other requests' (admission
-        happens here, so a full batcher refuses the request before its first step)."""
+        happens here, so a full batcher refuses the request before its first step). A guidance-distilled model
+        takes the scale as an input, one pass, unless ``two_pass_guidance`` asks for the course's two passes."""
+        if guidance_scale == 0.0 and not two_pass_guidance:  # uncond + 0 (cond - uncond): one unconditional pass
+            context_weights, guidance_scale = torch.zeros_like(context_weights), 1.0
+        elif guidance_scale != 1.0 and self.one_pass_guidance(guidance_scale) and not two_pass_guidance:
+            context_weights, guidance_scale = self.with_guidance(context_weights, guidance_scale), 1.0
         steps = self._reverse_steps(context_weights, num_inference_steps, sampler, add_noise, noise_scale,
-                                    guidance_scale, generator, plan)
+                                    guidance_scale, generator, plan, cache_interval)
         if self.batcher is None:
             return steps
         rows = context_weights.shape[0] * (1 if guidance_scale == 1.0 else 2)
@@ -290,9 +340,12 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
     @torch.inference_mode()
     def _reverse_steps(self, context_weights: torch.Tensor, num_inference_steps: int, sampler: str,
                        add_noise: bool, noise_scale: float, guidance_scale: float,
-                       generator: torch.Generator | None, plan: EditPlan = PLAIN) -> Iterator[DenoiseStep]:
+                       generator: torch.Generator | None, plan: EditPlan = PLAIN,
+                       cache_interval: int = 1) -> Iterator[DenoiseStep]:
         """The one reverse loop. ``plan`` may start it part of the way down from a given sprite, run a hook after
         every step and jump back up the grid (model/editing.py); the default plan is plain sampling."""
+        predictor = DeepCache(self.split_forward, cache_interval) if cache_interval > 1 else None
+        step_function = self.step_function if predictor is None else partial(self.denoise_step, predictor=predictor)
         size = self.unet.config.sample_size
         shape = (context_weights.shape[0], 3, size, size)
         # Made in inference mode like every other input of the U-Net here, or a compiled U-Net would
@@ -308,7 +361,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
 
         if not get_sampler(sampler).is_course_formula:
             yield from self._scheduler_loop(sampler, gaussian, num_inference_steps, context_weights, guidance,
-                                            generator, plan)
+                                            generator, plan, predictor)
             return
         grid = plan.course_grid(timestep_grid(num_inference_steps, self.num_train_steps))
         # Per-step numbers go to the device once, as tables: no copy from the host in the loop.
@@ -327,8 +380,8 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
                 sample = self.noise_schedule.add_noise_between(sample, gaussian(), level, t)
             readd = sampler == "ddpm" and add_noise and t_prev > 0
             extra_noise = gaussian(noise_scale) if readd else no_noise
-            sample, predicted_clean = self.step_function(sample, timesteps[position], context_weights,
-                                                         table[position], extra_noise, guidance)
+            sample, predicted_clean = step_function(sample, timesteps[position], context_weights,
+                                                    table[position], extra_noise, guidance)
             if plan.after_step is not None:
                 sample = plan.after_step(sample, t_prev, noised_to(t_prev))
             level = t_prev
@@ -336,7 +389,8 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
 
     def _scheduler_loop(self, sampler: str, gaussian: Callable[[], torch.Tensor], num_inference_steps: int,
                         context_weights: torch.Tensor, guidance: torch.Tensor | None,
-                        generator: torch.Generator | None, plan: EditPlan) -> Iterator[DenoiseStep]:
+                        generator: torch.Generator | None, plan: EditPlan,
+                        predictor: NoisePredictor | None = None) -> Iterator[DenoiseStep]:
         """A diffusers scheduler's loop, as in its own pipelines: scale the input, predict, ``scheduler.step``.
 
         A plan's start and hook work as in diffusers' img2img and inpainting pipelines: the timesteps at or
@@ -365,7 +419,7 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
             model_input = scheduler.scale_model_input(sample, timestep)  # x_t in the U-Net's (DDPM) units
             # Whole-numbered timesteps go in as integers like DDPM's, so a compiled U-Net serves every sampler.
             unet_t = timestep.to(torch.int64) if timestep == timestep.round() else timestep
-            output = self.guided_output(model_input, unet_t, context_weights, guidance)
+            output = self.guided_output(model_input, unet_t, context_weights, guidance, predictor)
             t = int(timestep.round()) + 1  # course step of this timestep (unet_timestep's inverse)
             _, predicted_clean = self.noise_and_clean(model_input, output, sqrt_alpha_bar[t],
                                                       sqrt_one_minus_alpha_bar[t])
@@ -382,7 +436,8 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
     def __call__(self, context: ContextSpec | None = None, num_images: int = 16, num_inference_steps: int = 500,
                  sampler: str = "ddpm", add_noise: bool = True, noise_scale: float = 1.0,
                  guidance_scale: float = 1.0, generator: torch.Generator | None = None, seed: int | None = None,
-                 callback: StepCallback | None = None) -> SpriteOutput:
+                 callback: StepCallback | None = None, two_pass_guidance: bool = False,
+                 cache_interval: int = 1) -> SpriteOutput:
         """Sample sprites.
 
         context: a context name, a list of names (mixed equally), a weight vector over
@@ -393,12 +448,16 @@ class SpritePipeline(SpriteEditing, DiffusionPipeline):
             diffusers' schedulers ("dpm++2m", "dpm++2m-sde", "unipc", "euler-a").
         add_noise: False switches off DDPM's noise re-adding (the course's collapse demonstration).
         noise_scale: multiplies DDPM's s3, the re-added noise.
-        guidance_scale: classifier-free guidance against the zero context; 1 is off.
+        guidance_scale: classifier-free guidance against the zero context; 1 is off. A guidance-distilled model
+            draws scales within its ``guidance_knots`` in one U-Net pass, unless ``two_pass_guidance`` asks for
+            the course's two (conditional and unconditional).
+        cache_interval: run the whole U-Net every this many steps and only its outer blocks in between, on the
+            deep features kept from the last whole run (DeepCache, model/deepcache.py); 1 runs it at every step.
         generator / seed: where the noise comes from (seed is used when no generator is given).
         callback: called as callback(step_index, t, sample, predicted_clean) after every step.
         """
         steps = self.denoise(context, num_images, num_inference_steps, sampler, add_noise, noise_scale,
-                             guidance_scale, generator, seed)
+                             guidance_scale, generator, seed, two_pass_guidance, cache_interval)
         return self._collect(steps, callback, total=num_inference_steps)
 
     def _collect(self, steps: Iterator[DenoiseStep], callback: StepCallback | None,

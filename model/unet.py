@@ -38,6 +38,26 @@ def attach_context_embedding(unet: UNet2DModel) -> UNet2DModel:
     return unet
 
 
+def guidance_weights(scale: torch.Tensor, knots: list[float]) -> torch.Tensor:
+    """Guidance scales (N,) -> (N, K) weights on the guidance rows of the class table: linear interpolation
+    between the rows of the two nearest knots (evenly spaced), so the embedding is a learned curve in the scale."""
+    knots_t = torch.tensor(knots, dtype=torch.float32, device=scale.device)
+    spacing = knots[1] - knots[0] if len(knots) > 1 else 1.0
+    return (1 - (scale.float().reshape(-1, 1) - knots_t).abs() / spacing).clamp(min=0)
+
+
+def with_guidance_rows(unet: UNet2DModel, count: int) -> UNet2DModel:
+    """A copy of ``unet`` whose class table has ``count`` more rows, all zero: guidance distillation's student,
+    which starts out as its teacher's conditional prediction. It stays a stock UNet2DModel (more class rows)."""
+    config = {**unet.config, "num_class_embeds": unet.config.num_class_embeds + count}
+    student = UNet2DModel.from_config(config).to(unet.device)
+    state = dict(unet.state_dict())
+    table = state["class_embedding.weight"]
+    state["class_embedding.weight"] = torch.cat([table, table.new_zeros(count, table.shape[1])])
+    student.load_state_dict(state)
+    return attach_context_embedding(student)
+
+
 def _levels(channels: tuple[int, ...], attention: bool) -> dict:
     """Down/up block types for a U-Net with attention only at the lowest resolution."""
     down = ["DownBlock2D"] * len(channels)

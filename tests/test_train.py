@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from conftest import HUB_TOKEN
@@ -34,6 +35,7 @@ from safetensors.torch import load_file
 
 from model import SpritePipeline, build_unet, load_pipeline, make_grid, make_scheduler, upscale
 from model.schedule import NoiseSchedule
+from model.unet import with_guidance_rows
 from training import checkpointing, hub, plots, train
 from training.checkpointing import CheckpointError
 
@@ -633,12 +635,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["--resolution", "4096"], "--resolution must be from 1 to 128 pixels, got 4096"),
         (["--timestep_bias_portion", "0"], "--timestep_bias_portion must be above 0 and at most 1, got 0"),
         (["--initial_step", "4"], "--initial_step 4 continues --pretrained_model_name_or_path's run"),
+        (["--distill_guidance", "1"], "--distill_guidance 1 distils --pretrained_model_name_or_path's guidance"),
         (["--pretrained_model_name_or_path", "TINY"], "has 5 contexts (hero, non-hero, food, spell, item), the "
                                                       "dataset 3"),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(13))
 def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys, tiny_dir):
     flags, message = _bad_inputs(tmp_path)[case]
     flags = [str(tiny_dir) if f == "TINY" else f for f in flags]
@@ -670,6 +673,30 @@ def test_fine_tuning_starts_from_the_given_models_weights(sprites, tmp_path):
     settings = json.loads((tuned / "training_args.json").read_text())
     assert settings["pretrained_model_name_or_path"] == "first"
     assert settings["model_config"] is None  # the preset flag was not used: the card must not name one
+
+
+def test_guidance_distillation_fits_the_teachers_two_pass_guidance(sprites, tmp_path, fresh_accelerator_state):
+    """--distill_guidance: the student, one pass, moves towards the teacher's guided prediction at every scale."""
+    flags = ["--checkpointing_steps", "0", "--save_images_steps", "0"]
+    assert train.main(tiny_args(sprites, tmp_path / "teacher", "--max_train_steps", "20", *flags)) == 0
+    out = tmp_path / "student"
+    assert train.main(tiny_args(sprites, out, "--max_train_steps", "100", "--distill_guidance", "3", "--no-use_ema",
+                                "--learning_rate", "1e-4",
+                                "--pretrained_model_name_or_path", str(tmp_path / "teacher"), *flags)) == 0
+    teacher, student = load_pipeline(tmp_path / "teacher").unet, load_pipeline(out)
+    assert student.guidance_knots == [1, 2, 3] and student.unet.config.num_class_embeds == 3 + 3
+    generator = torch.Generator().manual_seed(0)  # a fixed batch of noisy training sprites
+    clean = torch.from_numpy(np.load(sprites)[:24]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    timestep = torch.linspace(10, 490, 24)
+    alpha_bar = make_scheduler().alphas_cumprod[timestep.long()].reshape(-1, 1, 1, 1)
+    noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * torch.randn(clean.shape, generator=generator)
+    context, scale = torch.eye(3)[torch.arange(24) % 3], torch.linspace(1, 3, 24)
+    with torch.no_grad():
+        target = train.guided_target(teacher, noisy, timestep, context, scale)
+        rows = student.with_guidance(context, scale)
+        start = with_guidance_rows(teacher, 3)(noisy, timestep, class_labels=rows).sample  # the teacher's cond
+        end = student.unet(noisy, timestep, class_labels=rows).sample
+    assert F.mse_loss(end, target) < 0.75 * F.mse_loss(start, target)  # measured: 0.65 of it after 100 steps
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--class_balance", choices=["none", "sqrt", "equal"], default="none",
                    help="draw each context as often as its share of the data (none), of the square roots of the "
                         "class sizes (sqrt), or all contexts alike (equal): small contexts such as food seen more")
+    g.add_argument("--distill_guidance", type=float, default=0.0, metavar="MAX_SCALE",
+                   help="guidance distillation: fine-tune --pretrained_model_name_or_path to predict its own "
+                        "classifier-free guided output at scales 1..MAX_SCALE in one pass (0: off)")
     g.add_argument("--context_dropout", type=float, default=0.1,
                    help="probability of zeroing a sample's context (the unconditional case guidance needs)")
     g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
@@ -129,6 +133,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.initial_step and not (args.pretrained_model_name_or_path and 0 < args.initial_step < args.max_train_steps):
         raise ConfigError(f"--initial_step {args.initial_step} continues --pretrained_model_name_or_path's run: "
                           "it needs that model and a --max_train_steps above it")
+    if args.distill_guidance and not (args.pretrained_model_name_or_path and 1 < args.distill_guidance <= 20):
+        raise ConfigError(f"--distill_guidance {args.distill_guidance:g} distils --pretrained_model_name_or_path's "
+                          "guidance: it needs that model and a largest scale above 1 and at most 20")
     if not 0 <= args.context_dropout <= 1:
         raise ConfigError(f"--context_dropout must be between 0 and 1, got {args.context_dropout}")
     if not 1 <= args.resolution <= MAX_SAMPLE_SIZE:
@@ -142,6 +149,12 @@ def check_args(args: argparse.Namespace) -> None:
             pass
     except OSError as err:
         raise ConfigError(f"--output_dir {out} is not writable: {err.strerror or err}") from None
+
+
+def guidance_knots(args: argparse.Namespace) -> list[float] | None:
+    """The guidance scales a distilled model has a class-table row for: every whole scale from 1 (guidance off,
+    where the student starts out right) to the largest. Scale 0 is the unconditional model, one pass anyway."""
+    return [float(k) for k in range(1, math.ceil(args.distill_guidance) + 1)] if args.distill_guidance else None
 
 
 def public_settings(args: argparse.Namespace) -> dict:

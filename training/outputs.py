@@ -17,14 +17,14 @@ from diffusers.training_utils import EMAModel
 from model import SpritePipeline, make_scheduler
 from training import checkpointing, hub, plots
 from training.evaluate import evaluate_pipeline
-from training.options import public_settings
+from training.options import guidance_knots, public_settings
 from training.sample_grid import context_grid, save_grid
 
 logger = get_logger(__name__)
 
 
 def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, context_names: list[str],
-                    prediction_type: str = "epsilon") -> SpritePipeline:
+                    prediction_type: str = "epsilon", guidance_knots: list[float] | None = None) -> SpritePipeline:
     """A fresh SpritePipeline holding a copy of the weights (the EMA ones when there is an EMA)."""
     trained = accelerator.unwrap_model(unet)
     copy = UNet2DModel.from_config(trained.config)
@@ -32,7 +32,7 @@ def export_pipeline(accelerator: Accelerator, unet, ema: EMAModel | None, contex
     if ema is not None:
         ema.copy_to(copy.parameters())
     pipe = SpritePipeline(copy.to(accelerator.device).eval(), make_scheduler(prediction_type=prediction_type),
-                          context_names)
+                          context_names, guidance_knots)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -57,7 +57,7 @@ def save_outputs(accelerator: Accelerator, unet, ema: EMAModel | None, names: li
     output_dir = Path(args.output_dir)
     if history is not None:
         plots.write_loss_history(output_dir / plots.LOSS_HISTORY, history)
-    pipe = export_pipeline(accelerator, unet, ema, names, args.prediction_type)
+    pipe = export_pipeline(accelerator, unet, ema, names, args.prediction_type, guidance_knots(args))
     grid = context_grid(pipe, args.samples_per_context, args.sample_steps, args.sample_sampler)
     save_grid(grid, output_dir / "samples" / f"step_{step:06d}.png")
     if args.logger == "tensorboard":

@@ -42,9 +42,9 @@ from model import (  # noqa: E402
     make_scheduler,
     unet_timestep,
 )
-from model.unet import build_unet  # noqa: E402
+from model.unet import build_unet, guidance_weights, with_guidance_rows  # noqa: E402
 from training import checkpointing, plots  # noqa: E402
-from training.options import ConfigError, check_args, parse_args, public_settings  # noqa: E402
+from training.options import ConfigError, check_args, guidance_knots, parse_args, public_settings  # noqa: E402
 from training.outputs import save_outputs  # noqa: E402
 from training.sprite_data import DatasetError, dataset_from_args  # noqa: E402
 
@@ -105,6 +105,17 @@ def diffusion_loss(predicted: torch.Tensor, x0: torch.Tensor, noise: torch.Tenso
     snr = schedule.snr(t).float()
     weight = snr.clamp(max=snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
     return (per_sample * weight).mean()
+
+
+@torch.no_grad()
+def guided_target(teacher: UNet2DModel, noisy: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                  scale: torch.Tensor) -> torch.Tensor:
+    """Guidance distillation's target (Meng et al. 2023, stage one): the teacher's classifier-free guided
+    prediction, two passes, uncond + scale * (cond - uncond), at one scale per row."""
+    both = teacher(torch.cat([noisy, noisy]), torch.cat([timestep, timestep]),
+                   class_labels=torch.cat([context, torch.zeros_like(context)])).sample
+    conditional, unconditional = both.chunk(2)
+    return unconditional + scale.reshape(-1, 1, 1, 1) * (conditional - unconditional)
 
 
 def class_balance_weights(contexts: torch.Tensor, balance: str) -> torch.Tensor:
@@ -193,6 +204,10 @@ def train(args: argparse.Namespace) -> int:
             unet = build_unet(len(names), args.model_config, args.resolution)
         except ValueError as err:
             raise ConfigError(f"--model_config: {err}") from None
+    knots, teacher = guidance_knots(args), None
+    if knots:  # the student gets a class-table row per knot; the teacher stays as loaded, frozen
+        teacher = unet.eval().requires_grad_(False)
+        unet = with_guidance_rows(teacher, len(knots))
 
     try:
         accelerator = Accelerator(
@@ -246,6 +261,8 @@ def train(args: argparse.Namespace) -> int:
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_steps * accelerator.num_processes)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if teacher is not None:
+        teacher.to(device)
     if args.torch_compile:
         unet.compile()  # in place: parameter names, and so checkpoints, stay those of the plain model
 
@@ -300,8 +317,15 @@ def train(args: argparse.Namespace) -> int:
             if args.channels_last:
                 noisy = noisy.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(unet):
-                predicted = unet(noisy, unet_timestep(t), class_labels=context).sample
-                loss = diffusion_loss(predicted, x0, noise, t, schedule, args.prediction_type, args.snr_gamma)
+                if teacher is None:
+                    predicted = unet(noisy, unet_timestep(t), class_labels=context).sample
+                    loss = diffusion_loss(predicted, x0, noise, t, schedule, args.prediction_type, args.snr_gamma)
+                else:  # one pass at a random scale against the teacher's two
+                    scale = 1 + torch.rand(len(t), device=device) * (args.distill_guidance - 1)
+                    target = guided_target(teacher, noisy, unet_timestep(t), context, scale)
+                    rows = torch.cat([context, guidance_weights(scale, knots)], dim=1)
+                    predicted = unet(noisy, unet_timestep(t), class_labels=rows).sample
+                    loss = F.mse_loss(predicted.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
