@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.deepcache import split_forward
+
 # Dense peak TFLOP/s by GPU name (vendor datasheets, SXM parts, without sparsity).
 GPU_PEAK_TFLOPS = {"H100": {"fp32": 67.0, "bf16": 989.0}, "H200": {"fp32": 67.0, "bf16": 989.0},
                    "A100": {"fp32": 19.5, "bf16": 312.0}}
@@ -56,12 +58,17 @@ def peak_flops(device: torch.device, dtype: str = "fp32") -> tuple[float, str]:
     return threads * mhz * 1e6 * per_cycle, f"{threads} cores x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
-def forward_flops(unet: torch.nn.Module, batch: int, resolution: int, num_contexts: int) -> float:
-    """FLOPs of one U-Net forward (matmuls and convolutions, 2 per multiply-add)."""
+def forward_flops(unet: torch.nn.Module, batch: int, resolution: int, num_contexts: int,
+                  outer_only: bool = False) -> float:
+    """FLOPs of one U-Net forward (matmuls and convolutions, 2 per multiply-add); outer_only: DeepCache's pass
+    of the outer blocks on a kept deep feature (model/deepcache.py)."""
     device = next(unet.parameters()).device
-    x = torch.zeros(batch, 3, resolution, resolution, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, torch.tensor(1, device=device), class_labels=torch.zeros(batch, num_contexts, device=device))
+    x, t = torch.zeros(batch, 3, resolution, resolution, device=device), torch.tensor([1.0], device=device)
+    context = torch.zeros(batch, num_contexts, device=device)
+    with torch.no_grad():
+        deep = split_forward(unet, x, t, context)[1] if outer_only else None
+        with FlopCounterMode(display=False) as counter:
+            split_forward(unet, x, t, context, deep) if outer_only else unet(x, t, class_labels=context)
     return float(counter.get_total_flops())
 
 

@@ -1,8 +1,11 @@
 """Sampling speed: our pipeline against a naive diffusers loop on the same weights.
 
 The baseline is what diffusers' DDPMPipeline does: an eager fp32 U-Net call and the
-scheduler's ``step`` at every step. Ours is SpritePipeline with its fast path
-(torch.compile, optional bf16). Both run here, in this process, on the same machine.
+scheduler's ``step`` at every step. "Two-pass" is SpritePipeline compiled, with the course's
+two U-Net passes per guided step and the whole U-Net at every step (the app's path before
+guidance distillation). Ours is SpritePipeline with its fast path (torch.compile, optional
+bf16, one pass for a guidance-distilled model, optional DeepCache). All run here, in this
+process, on the same machine.
 
     python benchmarks/sampling.py                 # CPU, 2 threads, like a free Space
     python benchmarks/sampling.py --device cuda   # GPU
@@ -45,6 +48,27 @@ def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int =
     return sample
 
 
+def unet_share(pipe, run) -> float:
+    """The share of one run's time spent inside U-Net calls (whole or DeepCache's outer pass)."""
+    spent = [0.0]
+
+    def timed(forward):
+        def call(*args):
+            start = time.perf_counter()
+            out = forward(*args)
+            spent[0] += time.perf_counter() - start
+            return out
+        return call
+    saved = pipe.noise_predictor, pipe.split_forward
+    pipe.noise_predictor, pipe.split_forward = timed(saved[0]), timed(saved[1])
+    try:
+        start = time.perf_counter()
+        run()
+        return spent[0] / (time.perf_counter() - start)
+    finally:
+        pipe.noise_predictor, pipe.split_forward = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
@@ -58,6 +82,8 @@ def main() -> None:
     parser.add_argument("--whole_step", choices=["auto", "yes", "no"], default="auto",
                         help="compile the whole step or the U-Net alone (auto: whole step on CUDA only)")
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance (2 = app default)")
+    parser.add_argument("--cache_interval", type=int, default=1,
+                        help="ours: the whole U-Net every this many steps, its outer blocks in between (DeepCache)")
     parser.add_argument("--check_eager", action="store_true",
                         help="also run our eager fp32 path with the same seed and report how far our sprites are "
                              "from it (uint8 levels)")
@@ -69,22 +95,29 @@ def main() -> None:
     fast = load_pipeline(args.model, device=str(device))
     whole_step = {"auto": None, "yes": True, "no": False}[args.whole_step]
     fast.enable_fast_sampling(compile=not args.no_compile, bf16=args.bf16, whole_step=whole_step)
+    two_pass = load_pipeline(args.model, device=str(device))
+    two_pass.enable_fast_sampling(whole_step=whole_step)
     names, size = pipe.context_names, pipe.unet.config.sample_size
     dtype = "bf16" if args.bf16 else "fp32"
     peak, peak_how = peak_flops(device, dtype)
-    flops_per_image = forward_flops(pipe.unet, 1, size, len(names))
+    flops_per_image = forward_flops(pipe.unet, 1, size, pipe.unet.config.num_class_embeds)
+    outer_flops = forward_flops(pipe.unet, 1, size, pipe.unet.config.num_class_embeds, outer_only=True)
     compiled = "whole step" if fast.step_function != fast.denoise_step else "U-Net"
     ours_how = f"SpritePipeline, {'eager' if args.no_compile else f'torch.compile ({compiled})'}, {dtype}"
-    ours_how += f", guidance {args.guidance_scale:g} (one batched U-Net call of 2N inputs per step, both paths)" \
+    rows = fast.unet_rows(1, args.guidance_scale)
+    ours_how += f", guidance {args.guidance_scale:g} in {'one pass' if rows == 1 else 'two passes'}" \
         if args.guidance_scale != 1 else ""
+    ours_how += f", whole U-Net every {args.cache_interval} steps" if args.cache_interval > 1 else ""
     print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
     print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
-          f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode)")
-    print(f"baseline: eager fp32 U-Net + diffusers scheduler.step per step; ours: {ours_how}\n")
+          f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode); DeepCache's outer pass "
+          f"{outer_flops / 1e6:.1f} MFLOP ({outer_flops / flops_per_image:.0%})")
+    print(f"baseline: eager fp32 U-Net + diffusers scheduler.step per step (two passes per guided step); "
+          f"two-pass: SpritePipeline compiled, two passes, whole U-Net every step; ours: {ours_how}\n")
     check = " vs eager fp32: max / mean levels |" if args.check_eager else ""
-    print("| sampler | steps | sprites | baseline s | ours s | speed-up | ours ms/step | ours img/s | "
-          "ours % of peak | first call (compile) s |" + check)
-    print("| --- " * (11 if args.check_eager else 10) + "|")
+    print("| sampler | steps | sprites | baseline s | two-pass s | ours s | vs baseline | vs two-pass | "
+          "ours ms/step | ours in the U-Net | first call (compile) s |" + check)
+    print("| --- " * (12 if args.check_eager else 11) + "|")
     for run in args.runs:
         sampler, steps = run.split(":")
         steps = int(steps)
@@ -97,19 +130,22 @@ def main() -> None:
         for batch in args.batches:
             context = torch.eye(len(names), device=device)[torch.arange(batch) % len(names)]
             repeats = 1 if steps >= 200 else 3
+            ours_run = partial(fast, context, num_images=batch, num_inference_steps=steps, sampler=sampler, seed=0,
+                               guidance_scale=args.guidance_scale, cache_interval=args.cache_interval)
+            two_pass_run = partial(two_pass, context, num_images=batch, num_inference_steps=steps, sampler=sampler,
+                                   seed=0, guidance_scale=args.guidance_scale, two_pass_guidance=True)
             start = time.perf_counter()
-            # compiles here, for the batch shape the timed runs use (2N rows with guidance)
-            fast(context, num_images=batch, num_inference_steps=2, sampler=sampler, seed=0,
-                 guidance_scale=args.guidance_scale)
+            # compiles here, for the batch shapes the timed runs use (both passes of DeepCache's)
+            ours_run(num_inference_steps=max(2, args.cache_interval + 1))
             warmup = time.perf_counter() - start
+            two_pass_run(num_inference_steps=2)
             naive = partial(naive_sample, pipe, scheduler, context, steps, 0, args.guidance_scale)
             baseline = best_time(naive, repeats, device, warmup=repeats > 1)
-            ours_run = partial(fast, context, num_images=batch, num_inference_steps=steps, sampler=sampler, seed=0,
-                               guidance_scale=args.guidance_scale)
+            today = best_time(two_pass_run, repeats, device, warmup=repeats > 1)
             ours = best_time(ours_run, repeats, device, warmup=repeats > 1)
-            share = flops_per_image * batch * (1 if args.guidance_scale == 1 else 2) * steps / ours / peak
-            row = (f"| {sampler} | {steps} | {batch} | {baseline:.2f} | {ours:.2f} | {baseline / ours:.1f}x | "
-                   f"{ours / steps * 1000:.1f} | {batch / ours:.1f} | {share:.1%} | {warmup:.1f} |")
+            row = (f"| {sampler} | {steps} | {batch} | {baseline:.2f} | {today:.2f} | {ours:.2f} | "
+                   f"{baseline / ours:.1f}x | {today / ours:.1f}x | {ours / steps * 1000:.1f} | "
+                   f"{unet_share(fast, ours_run):.0%} | {warmup:.1f} |")
             if args.check_eager:  # same seed, same noise (drawn on the CPU): only the U-Net path differs
                 reference = pipe(context, num_images=batch, num_inference_steps=steps, sampler=sampler, seed=0,
                                  guidance_scale=args.guidance_scale).array.astype(int)

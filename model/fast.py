@@ -60,7 +60,7 @@ def fast_predictor(unet: UNet2DModel, compile: bool = True, bf16: bool = False,
     device_type = unet.device.type
     forward = eager_predictor(unet)
     if compile and os.environ.get("SPRITE_DISABLE_COMPILE") != "1":
-        forward = _compiled_or_eager(forward, mode="reduce-overhead" if device_type == "cuda" else None,
+        forward = compiled_or_eager(forward, mode="reduce-overhead" if device_type == "cuda" else None,
                                      batch_sizes=batch_sizes)
     if not bf16:
         return forward
@@ -90,7 +90,7 @@ def compiled_step(step: Callable[..., tuple[torch.Tensor, ...]], device_type: st
     """
     if os.environ.get("SPRITE_DISABLE_COMPILE") == "1":
         return step
-    compiled = _compiled_or_eager(step, mode="reduce-overhead" if device_type == "cuda" else None)
+    compiled = compiled_or_eager(step, mode="reduce-overhead" if device_type == "cuda" else None)
     if device_type != "cuda":
         return compiled
 
@@ -99,7 +99,7 @@ def compiled_step(step: Callable[..., tuple[torch.Tensor, ...]], device_type: st
     return step_and_keep
 
 
-def _compiled_or_eager(forward: Callable, mode: str | None, batch_sizes: Collection[int] | None = None) -> Callable:
+def compiled_or_eager(forward: Callable, mode: str | None, batch_sizes: Collection[int] | None = None) -> Callable:
     """torch.compile compiles on the first call; if that fails, keep using the eager function.
 
     batch_sizes: call the compiled function only when the first argument has one of these batch sizes.

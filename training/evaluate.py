@@ -252,8 +252,10 @@ class Evaluator:
 
     def run(self, pipe, num_per_context: int = 200, sampler: str = "ddpm", num_inference_steps: int = 500,
             guidance_scale: float = 1.0, seed: int = 0, batch_size: int = MAX_IMAGES,
-            model_name: str | None = None) -> dict[str, Any]:
-        """Generate num_per_context sprites for each context with `pipe`, then score them.
+            model_name: str | None = None, cache_interval: int = 1, two_pass_guidance: bool = False
+            ) -> dict[str, Any]:
+        """Generate num_per_context sprites for each context with `pipe`, then score them (cache_interval and
+        two_pass_guidance as in SpritePipeline.__call__).
 
         The sprites stay in ``self.last_samples`` for a comparison sheet, so they need not be drawn twice.
         """
@@ -280,15 +282,17 @@ class Evaluator:
                       desc=f"{sampler} {num_inference_steps} steps, {len(requested)} sprites") as bar:
                 arrays = [pipe(context=contexts[i:i + batch_size], num_images=len(contexts[i:i + batch_size]),
                                num_inference_steps=num_inference_steps, sampler=sampler,
-                               guidance_scale=guidance_scale, generator=generator,
-                               callback=lambda *_: bar.update()).array for i in batches]
+                               guidance_scale=guidance_scale, generator=generator, cache_interval=cache_interval,
+                               two_pass_guidance=two_pass_guidance, callback=lambda *_: bar.update()).array
+                          for i in batches]
         finally:
             pipe.set_progress_bar_config(**old_bar)
         self.last_samples = (to_uint8_images(np.concatenate(arrays)), requested)
         scores = self.score(*self.last_samples)
         return {"model": model_name or pipe.name_or_path or type(pipe).__name__, "dataset": self.name,
                 "sampler": sampler, "steps": num_inference_steps, "guidance_scale": guidance_scale,
-                "num_per_context": num_per_context, "seed": seed, **scores,
+                "guidance_passes": pipe.unet_rows(1, guidance_scale, two_pass_guidance),
+                "cache_interval": cache_interval, "num_per_context": num_per_context, "seed": seed, **scores,
                 "seconds": round(time.perf_counter() - start, 2), "machine": machine_info(pipe.device)}
 
 
@@ -368,6 +372,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sheet_focus", default=None, metavar="CONTEXT",
                         help="in the sheet, four rows of this context (e.g. food) instead of one")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache_interval", type=int, default=1,
+                        help="the whole U-Net every this many steps, its outer blocks in between (DeepCache)")
+    parser.add_argument("--two_pass_guidance", action="store_true",
+                        help="a guidance-distilled model's guidance in the course's two passes instead of one")
+    parser.add_argument("--compile", action="store_true",
+                        help="sample with torch.compile (about a minute to compile; worth it for DDPM 500)")
     parser.add_argument("--batch_size", type=int, default=MAX_IMAGES)
     parser.add_argument("--memorisation_threshold", type=float, default=MEMORISATION_THRESHOLD)
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
@@ -393,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
             args.resolution = args.resolution or load_samples(args.samples[0])[0].shape[1]
         else:
             pipe = load_pipeline(args.model, revision=args.revision, device=args.device)
+            if args.compile:
+                pipe.enable_fast_sampling(batch_sizes=(args.batch_size, 2 * args.batch_size))
             args.resolution = pipe.unet.config.sample_size if args.resolution is None else args.resolution
         data = dataset_from_args(args)
         evaluator = Evaluator(data, args.judge or default_judge_dir(args.dataset), name=args.dataset,
@@ -407,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
                 sampler, steps, guidance = job
                 results.append(evaluator.run(pipe, args.num_per_context, sampler, steps,
                                              args.guidance_scale if guidance is None else guidance, args.seed,
-                                             args.batch_size, model_name=args.model or "bundled default"))
+                                             args.batch_size, model_name=args.model or "bundled default",
+                                             cache_interval=args.cache_interval,
+                                             two_pass_guidance=args.two_pass_guidance))
             print(f"{run_label(results[-1])}, per context (real sprites in brackets):\n"
                   f"{per_context_table(results[-1])}", file=sys.stderr)
             if args.sheet and len(results) == 1:

@@ -61,7 +61,9 @@ def quality_bar_failures(result: dict[str, Any]) -> list[str]:
 def run_label(r: dict[str, Any]) -> str:
     """'DDPM 500, guidance 2': a run's sampler, steps and guidance (or its saved samples' file name)."""
     label = f"{r['sampler'].upper()} {r['steps']}" if r.get("sampler") else Path(r.get("samples") or "?").stem
-    return label + (f", guidance {r['guidance_scale']:g}" if r.get("guidance_scale") not in (None, 1) else "")
+    label += f", guidance {r['guidance_scale']:g}" if r.get("guidance_scale") not in (None, 1) else ""
+    label += " (one pass)" if r.get("guidance_scale") not in (None, 1) and r.get("guidance_passes") == 1 else ""
+    return label + (f", whole U-Net every {r['cache_interval']} steps" if r.get("cache_interval", 1) > 1 else "")
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

@@ -1,0 +1,71 @@
+"""The optional OpenVINO engine: used where it is installed and faster, torch everywhere else."""
+
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from model import SpritePipeline, build_unet, make_scheduler
+from model.engine import fastest, openvino_predictor, race_engines
+
+NAMES = ["hero", "non-hero", "food", "spell", "item"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return SpritePipeline(build_unet(len(NAMES), "tiny"), make_scheduler(), NAMES)
+
+
+def test_without_openvino_torch_runs_the_unet_and_says_why(pipe, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    assert openvino_predictor(pipe.unet) == (None, "OpenVINO is not installed (pip install openvino)")
+    eager = pipe.noise_predictor
+    predictor, engine = race_engines(pipe.unet, eager, [2])
+    assert predictor is eager and engine == "torch (OpenVINO is not installed (pip install openvino))"
+
+
+def test_a_failing_conversion_falls_back_to_torch_and_the_pipeline_still_draws(pipe, monkeypatch):
+    def convert_model(*args, **kwargs):
+        raise RuntimeError("unsupported operation aten::something\nand a long story")
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace(convert_model=convert_model,
+                                                                       Type=types.SimpleNamespace(f32="f32")))
+    predictor, why = openvino_predictor(pipe.unet)
+    assert predictor is None
+    assert why == "OpenVINO could not convert the U-Net (RuntimeError: unsupported operation aten::something)"
+    expected = pipe("food", num_images=2, num_inference_steps=3, seed=1).array
+    try:
+        pipe.enable_fast_sampling(compile=False, batch_sizes=[2, 4], engine="auto")
+        assert pipe.engine.startswith("torch (OpenVINO could not convert the U-Net")
+        assert np.array_equal(pipe("food", num_images=2, num_inference_steps=3, seed=1).array, expected)
+    finally:
+        pipe.disable_fast_sampling()
+
+
+def test_the_race_keeps_the_faster_engine_at_each_size():
+    def slow(sample, timestep, context):
+        time.sleep(0.05)
+        return sample
+
+    def quick_at_4(sample, timestep, context):
+        if sample.shape[0] != 4:
+            time.sleep(0.1)
+        return -sample
+    predictor, winners = fastest({"slow": slow, "quick at 4": quick_at_4}, [2, 4],
+                                 lambda rows: (torch.ones(rows, 1), torch.zeros(rows), torch.zeros(rows, 1)), calls=2)
+    assert winners == {2: "slow", 4: "quick at 4"}
+    assert predictor(torch.ones(4, 1), None, None).sum() == -4  # quick_at_4
+    assert predictor(torch.ones(2, 1), None, None).sum() == 2  # slow
+    assert predictor(torch.ones(3, 1), None, None).sum() == 3  # another size: the first candidate
+
+
+def test_openvino_where_installed_gives_the_unets_output(pipe):
+    pytest.importorskip("openvino")
+    predictor, why = openvino_predictor(pipe.unet)
+    assert why is None
+    x, t, c = torch.randn(3, 3, 16, 16), torch.tensor([10.0, 200.0, 400.0]), torch.eye(5)[:3]
+    with torch.no_grad():
+        assert torch.allclose(predictor(x, t, c), pipe.unet(x, t, class_labels=c).sample, atol=1e-4)
