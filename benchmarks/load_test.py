@@ -4,6 +4,7 @@
     python benchmarks/load_test.py --no_batching            # only today's one-at-a-time path
     python benchmarks/load_test.py --model user/repo --users 64 --seconds 300 --json load.json
     python benchmarks/load_test.py --modes batched --same_request   # every user sends the API's defaults
+    python benchmarks/load_test.py --modes batched --baseline /tmp/today/model/default   # against another model
 
 The app runs in a child process, so its memory can be read from /proc, with a temp folder of its own, so its files
 can be counted. Each user sends the page's default /generate request (16 sprites, the default sampler, steps and
@@ -48,6 +49,7 @@ from ui.events import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: 
 
 DEFAULT_MODEL = ROOT / "model" / "default"
 MODES = ("batched", "one at a time")
+BASELINE = "batched, baseline model"  # --baseline: the batched app serving another model, in the same run
 CONTEXTS = ["hero", "non-hero", "food", "spell", "item"]  # what the users ask for; the random model's contexts
 
 
@@ -232,10 +234,14 @@ def run_mode(args: argparse.Namespace, mode: str, label: str, work: Path) -> Res
                       request=f"/generate, {args.num_images} sprites, {args.steps} {args.sampler} steps, guidance "
                               f"{args.guidance_scale:g}, streamed",
                       sprite_steps=args.num_images * args.steps)
-    port, temp = free_port(), work / mode.replace(" ", "-") / "gradio"
+    port, temp = free_port(), work / re.sub(r"[ ,]+", "-", mode) / "gradio"
+    model = args.baseline if mode == BASELINE else args.model
+    if mode == BASELINE:
+        results.model = args.baseline
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp)}
     # As a module from the repository root: the server imports app.py, which sits there, not in a package.
-    command = [sys.executable, "-m", "benchmarks.load_test", "--serve", "--mode", mode, "--model", args.model,
+    command = [sys.executable, "-m", "benchmarks.load_test", "--serve", "--mode",
+               "batched" if mode == BASELINE else mode, "--model", model,
                "--port", str(port), "--cleanup_age", str(args.cleanup_age),
                "--server_threads", str(args.server_threads)]
     log_path = temp.parent / "server.log"
@@ -341,6 +347,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=180, help="each user sends requests for this long, per mode")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="run these, in this order")
     p.add_argument("--no_batching", action="store_true", help="only the one-at-a-time path (--modes 'one at a time')")
+    p.add_argument("--baseline", default=None, metavar="MODEL",
+                   help="also run the batched app on this model (today's, say) after the modes, for a side-by-side")
     p.add_argument("--same_request", action="store_true",
                    help="every user sends the API's defaults (hero, seed 0), so every answer is the same pictures")
     p.add_argument("--num_images", type=int, default=16)
@@ -364,7 +372,7 @@ def main() -> None:
         label = "the bundled model" if args.model == str(DEFAULT_MODEL) else f"random '{args.preset}' preset"
     else:
         label = args.model
-    modes = ["one at a time"] if args.no_batching else args.modes
+    modes = (["one at a time"] if args.no_batching else args.modes) + ([BASELINE] if args.baseline else [])
     runs = [run_mode(args, mode, label, work) for mode in modes]
     print(markdown(runs))
     for r in runs:

@@ -76,14 +76,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (a free Space has 2 cores)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--runs", nargs="+", default=["ddpm:500", "ddim:50"],
-                        help="sampler:steps pairs; samplers from model/samplers.py, e.g. dpm++2m:10")
+                        help="sampler:steps[:cache interval]; samplers from model/samplers.py, e.g. dpm++2m:10 or "
+                             "ddpm:500:5 (ours with the whole U-Net every 5 steps)")
     parser.add_argument("--bf16", action="store_true", help="our path with bf16 autocast")
     parser.add_argument("--no_compile", action="store_true", help="our path without torch.compile")
     parser.add_argument("--whole_step", choices=["auto", "yes", "no"], default="auto",
                         help="compile the whole step or the U-Net alone (auto: whole step on CUDA only)")
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance (2 = app default)")
     parser.add_argument("--cache_interval", type=int, default=1,
-                        help="ours: the whole U-Net every this many steps, its outer blocks in between (DeepCache)")
+                        help="ours, for runs that name none: the whole U-Net every this many steps, its outer blocks "
+                             "in between (DeepCache)")
     parser.add_argument("--check_eager", action="store_true",
                         help="also run our eager fp32 path with the same seed and report how far our sprites are "
                              "from it (uint8 levels)")
@@ -107,7 +109,6 @@ def main() -> None:
     rows = fast.unet_rows(1, args.guidance_scale)
     ours_how += f", guidance {args.guidance_scale:g} in {'one pass' if rows == 1 else 'two passes'}" \
         if args.guidance_scale != 1 else ""
-    ours_how += f", whole U-Net every {args.cache_interval} steps" if args.cache_interval > 1 else ""
     print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
     print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
           f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode); DeepCache's outer pass "
@@ -115,12 +116,12 @@ def main() -> None:
     print(f"baseline: eager fp32 U-Net + diffusers scheduler.step per step (two passes per guided step); "
           f"two-pass: SpritePipeline compiled, two passes, whole U-Net every step; ours: {ours_how}\n")
     check = " vs eager fp32: max / mean levels |" if args.check_eager else ""
-    print("| sampler | steps | sprites | baseline s | two-pass s | ours s | vs baseline | vs two-pass | "
-          "ours ms/step | ours in the U-Net | first call (compile) s |" + check)
-    print("| --- " * (12 if args.check_eager else 11) + "|")
+    print("| sampler | steps | whole U-Net every | sprites | baseline s | two-pass s | ours s | vs baseline | "
+          "vs two-pass | ours ms/step | ours in the U-Net | first call (compile) s |" + check)
+    print("| --- " * (13 if args.check_eager else 12) + "|")
     for run in args.runs:
-        sampler, steps = run.split(":")
-        steps = int(steps)
+        sampler, steps, *cache = run.split(":")
+        steps, interval = int(steps), int(cache[0]) if cache else args.cache_interval
         if sampler == "ddpm":
             scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         elif sampler == "ddim":
@@ -131,19 +132,19 @@ def main() -> None:
             context = torch.eye(len(names), device=device)[torch.arange(batch) % len(names)]
             repeats = 1 if steps >= 200 else 3
             ours_run = partial(fast, context, num_images=batch, num_inference_steps=steps, sampler=sampler, seed=0,
-                               guidance_scale=args.guidance_scale, cache_interval=args.cache_interval)
+                               guidance_scale=args.guidance_scale, cache_interval=interval)
             two_pass_run = partial(two_pass, context, num_images=batch, num_inference_steps=steps, sampler=sampler,
                                    seed=0, guidance_scale=args.guidance_scale, two_pass_guidance=True)
             start = time.perf_counter()
             # compiles here, for the batch shapes the timed runs use (both passes of DeepCache's)
-            ours_run(num_inference_steps=max(2, args.cache_interval + 1))
+            ours_run(num_inference_steps=max(2, interval + 1))
             warmup = time.perf_counter() - start
             two_pass_run(num_inference_steps=2)
             naive = partial(naive_sample, pipe, scheduler, context, steps, 0, args.guidance_scale)
             baseline = best_time(naive, repeats, device, warmup=repeats > 1)
             today = best_time(two_pass_run, repeats, device, warmup=repeats > 1)
             ours = best_time(ours_run, repeats, device, warmup=repeats > 1)
-            row = (f"| {sampler} | {steps} | {batch} | {baseline:.2f} | {today:.2f} | {ours:.2f} | "
+            row = (f"| {sampler} | {steps} | {interval} | {batch} | {baseline:.2f} | {today:.2f} | {ours:.2f} | "
                    f"{baseline / ours:.1f}x | {today / ours:.1f}x | {ours / steps * 1000:.1f} | "
                    f"{unet_share(fast, ours_run):.0%} | {warmup:.1f} |")
             if args.check_eager:  # same seed, same noise (drawn on the CPU): only the U-Net path differs
