@@ -222,7 +222,7 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
             gr.Markdown(about_text(), latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                  {"left": "$", "right": "$", "display": False}])
             with gr.Accordion("This model's U-Net, stage by stage", open=False):
-                gr.Markdown(describe_unet(pipe.unet), elem_id="unet-table")
+                gr.Markdown(describe_unet(pipe.unet, len(pipe.guidance_knots)), elem_id="unet-table")
             if STEPS_QUALITY_PLOT.is_file():
                 gr.Image(str(STEPS_QUALITY_PLOT), label="Steps versus quality, every sampler (bundled model)",
                          elem_classes=["label-room"],

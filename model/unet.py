@@ -128,8 +128,9 @@ def _stages(unet: UNet2DModel) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def describe_unet(unet: UNet2DModel) -> str:
-    """A Markdown table of the network, stage by stage: what each holds, the shape it hands on and its parameters.
+def describe_unet(unet: UNet2DModel, guidance_scales: int = 0) -> str:
+    """A Markdown table of the network, stage by stage: what each holds, the shape it hands on and its parameters
+    (guidance_scales: the class table's rows for a guidance-distilled model's scales, after the contexts').
     The About tab shows it. The shapes are measured by a forward pass of a copy on the "meta" device (shapes, no
     numbers), so building the page computes nothing (on ZeroGPU no CUDA may run outside a request)."""
     with torch.device("meta"):
@@ -167,9 +168,12 @@ def describe_unet(unet: UNet2DModel) -> str:
     embed = unet.time_embedding.linear_2.out_features
     rows = [f"| {name} | {holds(module)} | {' x '.join(map(str, shapes[name]))} | {count(module)} |"
             for name, module in stages]
+    table = unet.class_embedding.num_embeddings
+    table_rows = f"{table - guidance_scales} rows, one per context, and {guidance_scales} for the guidance scale " \
+        "(linear weights on the two nearest)" if guidance_scales else f"{table} rows"
     rows += [f"| time embedding | sinusoids of t ({unet.time_embedding.linear_1.in_features}), then a 2-layer MLP "
              f"| {embed} | {count(unet.time_embedding)} |",
-             f"| context embedding | c · E, E a learned table of {unet.class_embedding.num_embeddings} rows; added to "
+             f"| context embedding | c · E, E a learned table of {table_rows}; added to "
              f"the time embedding, and every ResNet block adds a projection of the sum to its channels | {embed} | "
              f"{count(unet.class_embedding)} |",
              f"| norm and activation | GroupNorm ({unet.config.norm_num_groups} groups) and SiLU before the output "

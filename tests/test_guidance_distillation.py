@@ -106,3 +106,9 @@ def test_bad_guidance_scales_are_named(teacher, knots, message):
     with pytest.raises(ValueError) as err:
         SpritePipeline(with_guidance_rows(teacher, 4), make_scheduler(), NAMES, knots)
     assert message in str(err.value)
+
+
+def test_the_about_tabs_table_names_the_guidance_rows(distilled):
+    from model.unet import describe_unet
+    assert "a learned table of 3 rows, one per context, and 4 for the guidance scale" in describe_unet(
+        distilled.unet, len(distilled.guidance_knots))
