@@ -66,7 +66,7 @@ def test_one_pass_guidance_matches_the_course_two_passes_on_a_fixed_batch():
     """The bundled model is guidance-distilled (docs/training.md, --distill_guidance): given the scale, one U-Net pass
     predicts what the course's classifier-free guidance does with two, uncond + s (cond - uncond). On a fixed batch of
     256 noisy training sprites, its one-pass error is at most TOLERANCE of the gap that guidance opens between the
-    conditional and the guided prediction (the error it started from); measured: MEASURED."""
+    conditional and the guided prediction (the error it started from); measured: PENDING."""
     from training.sprite_data import load_dataset
 
     pipe = load_pipeline(DEFAULT_MODEL_DIR)
@@ -79,7 +79,7 @@ def test_one_pass_guidance_matches_the_course_two_passes_on_a_fixed_batch():
     alpha_bar = pipe.scheduler.alphas_cumprod[timestep.long()].reshape(-1, 1, 1, 1)
     noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * torch.randn(clean.shape, generator=generator)
     conditional = pipe.predict_noise(noisy, timestep, context)
-    for scale, tolerance in ((2.0, TOLERANCE), (3.0, TOLERANCE)):
+    for scale, tolerance in ((2.0, 0.6), (3.0, 0.7)):
         two_pass = pipe.guided_output(noisy, timestep, context, torch.tensor(scale))
         one_pass = pipe.predict_noise(noisy, timestep, pipe.with_guidance(context, scale))
         error, gap = (one_pass - two_pass).pow(2).mean(), (conditional - two_pass).pow(2).mean()
