@@ -71,7 +71,9 @@ def unet_share(pipe, run) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
+    parser.add_argument("--model", default=None, help="ours: model folder or Hub id (default: the bundled model)")
+    parser.add_argument("--today", default=None,
+                        help="the baseline's and the two-pass path's model (default: the bundled model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (a free Space has 2 cores)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
@@ -93,11 +95,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    pipe = load_pipeline(args.model, device=str(device))
+    pipe = load_pipeline(args.today, device=str(device))
     fast = load_pipeline(args.model, device=str(device))
     whole_step = {"auto": None, "yes": True, "no": False}[args.whole_step]
     fast.enable_fast_sampling(compile=not args.no_compile, bf16=args.bf16, whole_step=whole_step)
-    two_pass = load_pipeline(args.model, device=str(device))
+    two_pass = load_pipeline(args.today, device=str(device))
     two_pass.enable_fast_sampling(whole_step=whole_step)
     names, size = pipe.context_names, pipe.unet.config.sample_size
     dtype = "bf16" if args.bf16 else "fp32"
@@ -110,6 +112,7 @@ def main() -> None:
     ours_how += f", guidance {args.guidance_scale:g} in {'one pass' if rows == 1 else 'two passes'}" \
         if args.guidance_scale != 1 else ""
     print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
+    print(f"ours: {args.model or 'the bundled model'}; baseline and two-pass: {args.today or 'the bundled model'}")
     print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
           f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode); DeepCache's outer pass "
           f"{outer_flops / 1e6:.1f} MFLOP ({outer_flops / flops_per_image:.0%})")
@@ -117,8 +120,8 @@ def main() -> None:
           f"two-pass: SpritePipeline compiled, two passes, whole U-Net every step; ours: {ours_how}\n")
     check = " vs eager fp32: max / mean levels |" if args.check_eager else ""
     print("| sampler | steps | whole U-Net every | sprites | baseline s | two-pass s | ours s | vs baseline | "
-          "vs two-pass | ours ms/step | ours in the U-Net | first call (compile) s |" + check)
-    print("| --- " * (13 if args.check_eager else 12) + "|")
+          "vs two-pass | ours ms/step | ours % of peak | ours in the U-Net | first call (compile) s |" + check)
+    print("| --- " * (14 if args.check_eager else 13) + "|")
     for run in args.runs:
         sampler, steps, *cache = run.split(":")
         steps, interval = int(steps), int(cache[0]) if cache else args.cache_interval
@@ -144,9 +147,11 @@ def main() -> None:
             baseline = best_time(naive, repeats, device, warmup=repeats > 1)
             today = best_time(two_pass_run, repeats, device, warmup=repeats > 1)
             ours = best_time(ours_run, repeats, device, warmup=repeats > 1)
+            flops = fast.unet_rows(batch, args.guidance_scale) * steps * (
+                flops_per_image + (interval - 1) * outer_flops) / interval  # DeepCache: 1 whole pass, k - 1 outer
             row = (f"| {sampler} | {steps} | {interval} | {batch} | {baseline:.2f} | {today:.2f} | {ours:.2f} | "
                    f"{baseline / ours:.1f}x | {today / ours:.1f}x | {ours / steps * 1000:.1f} | "
-                   f"{unet_share(fast, ours_run):.0%} | {warmup:.1f} |")
+                   f"{flops / ours / peak:.0%} | {unet_share(fast, ours_run):.0%} | {warmup:.1f} |")
             if args.check_eager:  # same seed, same noise (drawn on the CPU): only the U-Net path differs
                 reference = pipe(context, num_images=batch, num_inference_steps=steps, sampler=sampler, seed=0,
                                  guidance_scale=args.guidance_scale).array.astype(int)

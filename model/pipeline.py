@@ -166,6 +166,7 @@ class SpritePipeline(FastSampling, SpriteEditing, DiffusionPipeline):
         estimate: classifier-free guidance, uncond + scale * (cond - uncond)."""
         if guidance is None:
             return self.predict_noise(sample, timestep, context, predictor)
+        timestep = timestep if timestep.numel() == 1 else torch.cat([timestep, timestep])  # one per row, or one
         both = self.predict_noise(torch.cat([sample, sample]), timestep,
                                   torch.cat([context, torch.zeros_like(context)]), predictor)
         conditional, unconditional = both.chunk(2)
