@@ -8,7 +8,6 @@ it is missing or its conversion fails, ``openvino_predictor`` says why and the c
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from collections.abc import Callable, Collection
@@ -16,9 +15,8 @@ from collections.abc import Callable, Collection
 import torch
 from diffusers import UNet2DModel
 
-from .fast import NoisePredictor
+from .fast import NoisePredictor, compile_failure
 
-logger = logging.getLogger(__name__)
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -53,8 +51,7 @@ def openvino_predictor(unet: UNet2DModel, precision: str = "fp32") -> tuple[Nois
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": torch.get_num_threads()})
     except Exception as err:  # a converter or plugin failure of any kind: torch still works
-        first = (str(err).strip().splitlines() or ["no message"])[0][:200]
-        return None, f"OpenVINO could not convert the U-Net ({type(err).__name__}: {first})"
+        return None, f"OpenVINO could not convert the U-Net ({compile_failure(err)})"
 
     def predict(sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         # A call makes its own infer request, so threads may call at once (one shared request may not be).
