@@ -246,16 +246,14 @@ class SpritePipeline(FastSampling, SpriteEditing, DiffusionPipeline):
         """The reverse loop below; with batching on, its U-Net calls merged with other requests' (admission
         happens here, so a full batcher refuses the request before its first step). A guidance-distilled model
         takes the scale as an input, one pass, unless ``two_pass_guidance`` asks for the course's two passes."""
-        if guidance_scale == 0.0 and not two_pass_guidance:  # uncond + 0 (cond - uncond): one unconditional pass
-            context_weights, guidance_scale = torch.zeros_like(context_weights), 1.0
-        elif guidance_scale != 1.0 and self.one_pass_guidance(guidance_scale) and not two_pass_guidance:
-            context_weights, guidance_scale = self.with_guidance(context_weights, guidance_scale), 1.0
+        rows = self.unet_rows(context_weights.shape[0], guidance_scale, two_pass_guidance)
+        if rows == context_weights.shape[0] and guidance_scale != 1.0:  # one pass stands in for the two
+            context_weights = (torch.zeros_like(context_weights) if guidance_scale == 0.0  # uncond + 0 (cond - uncond)
+                               else self.with_guidance(context_weights, guidance_scale))
+            guidance_scale = 1.0
         steps = self._reverse_steps(context_weights, num_inference_steps, sampler, add_noise, noise_scale,
                                     guidance_scale, generator, plan, cache_interval)
-        if self.batcher is None:
-            return steps
-        rows = context_weights.shape[0] * (1 if guidance_scale == 1.0 else 2)
-        return self.batcher.stream(steps, rows)
+        return steps if self.batcher is None else self.batcher.stream(steps, rows)
 
     @torch.inference_mode()
     def _reverse_steps(self, context_weights: torch.Tensor, num_inference_steps: int, sampler: str,

@@ -89,6 +89,18 @@ def test_a_distilled_pipeline_draws_guided_sprites_in_one_pass_unless_asked_for_
     assert all(c.tolist() == [[0, 0, 0, 1, 0, 0, 0]] * 2 for c in unconditional)
 
 
+def test_the_batcher_admits_the_rows_the_pipeline_runs(distilled):
+    batcher = distilled.enable_batching(max_rows_in_flight=8)
+    for kwargs, rows in [(dict(guidance_scale=2.5), 2), (dict(guidance_scale=2.5, two_pass_guidance=True), 4),
+                         (dict(guidance_scale=0.0), 2), (dict(guidance_scale=5.0), 4)]:
+        steps = distilled.denoise("hero", num_images=2, num_inference_steps=3, sampler="ddim", seed=0, **kwargs)
+        next(steps)
+        assert batcher.rows_in_flight == rows == distilled.unet_rows(2, kwargs["guidance_scale"],
+                                                                     kwargs.get("two_pass_guidance", False))
+        steps.close()
+    assert batcher.rows_in_flight == 0
+
+
 def test_the_guidance_scales_survive_a_save_and_a_load(distilled, tmp_path):
     distilled.save_pretrained(tmp_path)
     loaded = load_pipeline(tmp_path)
