@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from model import SpritePipeline, load_pipeline
+from model.schedule import unet_timestep
 from model.unet import with_guidance_rows
 from training.sprite_data import load_dataset
 
@@ -43,9 +44,9 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     index = torch.randperm(len(data), generator=generator)[:256]
     clean, context = data.images[index], data.contexts[index]
-    timestep = torch.randint(0, teacher.num_train_steps, (256,), generator=generator).float()
-    alpha_bar = teacher.scheduler.alphas_cumprod[timestep.long()].reshape(-1, 1, 1, 1)
-    noisy = alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * torch.randn(clean.shape, generator=generator)
+    t = torch.randint(1, teacher.num_train_steps + 1, (256,), generator=generator)  # course steps 1..T
+    noisy = teacher.noise_schedule.add_noise(clean, torch.randn(clean.shape, generator=generator), t)
+    timestep = unet_timestep(t).float()
     conditional = teacher.predict_noise(noisy, timestep, context)
     print("| scale | one pass against two (MSE) | gap guidance opens (MSE) | share of the gap left |")
     print("| --- | --- | --- | --- |")
