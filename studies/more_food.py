@@ -2,14 +2,15 @@
 
     python -m studies.more_food                       # fetch NetHack's tiles with apt (cached), write runs/data/
     accelerate launch --config_file training/configs/cpu.yaml training/train.py \\
-        --dataset runs/data/sprites_morefood.npy ...  # the arm; scored against the bundled set as every arm is
+        --dataset runs/data/sprites_morefood.npy --context_names hero,non-hero,food,spell,item ...  # the arm
 
 Food is the bundled set's smallest context (64 of 2,507 sprites) and the one the model draws worst. NetHack's
 object tiles (Debian's `nethack` source package, NetHack General Public License, the tiles the second set is built
 from: docs/dataset-nethack.md) hold 33 comestibles; the ones that read as food on their own are added here with
 the food label. They are native 16 px pixel art with a dark drop shadow, drawn smaller in the tile than the
 Crawl and Crossfire food (docs/dataset.md). The bundled set is not changed: the arm trains on a course-format
-.npy pair written beside the run, so it is one flag (--dataset) away from the recipe.
+.npy pair written beside the run, so it is two flags away from the recipe: --dataset, and --context_names
+because a .npy pair holds no names (without it the fifth context would be the course's "side-facing").
 """
 
 import argparse
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     upscale(make_grid(images[food_rows], ncols=16), 4).save(args.out / "food_morefood.png")
     counts = ", ".join(f"{n} {int(c)}" for n, c in zip(names, labels.sum(0), strict=True))
     print(f"wrote {args.out}/sprites_morefood.npy {images.shape} and its labels ({counts}); "
-          f"{len(food)} NetHack food tiles added; every food sprite: {args.out / 'food_morefood.png'}")
+          f"{len(food)} NetHack food tiles added; every food sprite: {args.out / 'food_morefood.png'}\n"
+          f"train with --dataset {args.out / 'sprites_morefood.npy'} --context_names {','.join(names)}")
 
 
 if __name__ == "__main__":

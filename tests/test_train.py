@@ -675,6 +675,33 @@ def test_fine_tuning_starts_from_the_given_models_weights(sprites, tmp_path):
     assert settings["model_config"] is None  # the preset flag was not used: the card must not name one
 
 
+def test_fine_tuning_a_bare_label_array_says_the_names_change(tmp_path, tiny_dir, caplog):
+    """A course .npy pair has no names, so it gets the course's: fine-tuning a model whose contexts are named
+    otherwise (the bundled model's fifth is item, the course's side-facing) relabels them, and the log says so."""
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "sprites_five.npy", np.full((10, 16, 16, 3), 255, np.uint8))
+    np.save(data / "sprite_labels_nc_five.npy", np.eye(5, dtype=np.float32)[np.arange(10) % 5])
+    flags = ["--dataset", str(data / "sprites_five.npy"), "--model_config", "tiny", "--train_batch_size", "5",
+             "--max_train_steps", "1", "--checkpointing_steps", "0", "--save_images_steps", "0", "--logger", "none",
+             "--samples_per_context", "1", "--sample_steps", "2", "--pretrained_model_name_or_path", str(tiny_dir)]
+    with caplog.at_level(logging.INFO, logger=train.__name__):
+        assert train.main([*flags, "--output_dir", str(tmp_path / "bare")]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "contexts are" in
+              r.getMessage()]
+    assert len(warned) == 1
+    assert "hero, non-hero, food, spell, item; the fine-tuned model names them hero, non-hero, food, spell, " \
+           "side-facing" in warned[0] and "--context_names" in warned[0]
+    assert load_pipeline(tmp_path / "bare").context_names[-1] == "side-facing"
+
+    caplog.clear()  # named on the command line: the model keeps the given names, and nothing is flagged
+    with caplog.at_level(logging.INFO, logger=train.__name__):
+        assert train.main([*flags, "--output_dir", str(tmp_path / "named"), "--context_names",
+                           "hero,non-hero,food,spell,item"]) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "contexts are" in r.getMessage()]
+    assert load_pipeline(tmp_path / "named").context_names == load_pipeline(tiny_dir).context_names
+
+
 def test_guidance_distillation_fits_the_teachers_two_pass_guidance(sprites, tmp_path, fresh_accelerator_state):
     """--distill_guidance: the student, one pass, moves towards the teacher's guided prediction at every scale."""
     flags = ["--checkpointing_steps", "0", "--save_images_steps", "0"]
