@@ -204,6 +204,25 @@ def test_background_colour_reads_the_border_for_white_and_black_sets():
     assert background_colour(np.full((2, 5, 5, 3), (12, 34, 56), np.uint8)) == (12, 34, 56)
 
 
+def test_dark_outline_share_counts_the_dark_pixels_on_the_figures_edge():
+    plain = sprite_on(WHITE)  # a 4x4 red body: its 12 rim pixels are the edge, none dark
+    assert pixel_statistics(plain[None], WHITE)["dark_outline_share"] == 0.0
+    outlined = plain.copy()
+    outlined[5:11, 5:11] = (20, 20, 30)  # a one-pixel dark outline round the body: the 20 edge pixels, all dark
+    outlined[6:10, 6:10] = (200, 30, 30)
+    assert pixel_statistics(outlined[None], WHITE)["dark_outline_share"] == 1.0
+    soft = outlined.copy()
+    soft[5, 5:11] = (90, 80, 85)  # the top of the outline lighter than the dark level: 6 of the 20 not dark
+    assert pixel_statistics(soft[None], WHITE)["dark_outline_share"] == pytest.approx(14 / 20)
+    halo = outlined.copy()
+    halo[4, 5:11] = (235, 240, 238)  # a faint halo is background-like: the edge stays the outline
+    assert pixel_statistics(halo[None], WHITE)["dark_outline_share"] == 1.0
+    corner = np.full((16, 16, 3), 255, np.uint8)
+    corner[0, 0] = (10, 10, 10)  # on the image border: an edge pixel; both sprites pooled, 1 dark of 1 + 12
+    assert pixel_statistics(np.stack([corner, plain]), WHITE)["dark_outline_share"] == pytest.approx(1 / 13)
+    assert np.isnan(pixel_statistics(np.full((1, 4, 4, 3), 255, np.uint8), WHITE)["dark_outline_share"])
+
+
 def test_pixel_statistics_refuse_float_images():
     with pytest.raises(ValueError, match="uint8"):
         pixel_statistics(np.zeros((1, 16, 16, 3)), WHITE)

@@ -16,9 +16,11 @@ BACKGROUND_TOLERANCE = 24  # uint8 units per channel: "background-like" pixels, 
 # these two count only what shows, so a gap that the exact ones find can be told visible or not.
 BACKGROUND_NEAR_LEVELS = 3
 COLOUR_GROUP_LEVELS = 8
+# Crawl's tiles draw a dark one-pixel outline around the figure; a soft sample has a lighter, blurred rim.
+OUTLINE_DARK_LEVEL = 80  # an edge pixel is dark when every channel is at most this
 
 __all__ = [
-    "BACKGROUND_NEAR_LEVELS", "BACKGROUND_TOLERANCE", "COLOUR_GROUP_LEVELS", "background_colour",
+    "BACKGROUND_NEAR_LEVELS", "BACKGROUND_TOLERANCE", "COLOUR_GROUP_LEVELS", "OUTLINE_DARK_LEVEL", "background_colour",
     "colour_groups", "frechet_distance", "kernel_inception_distance", "kid_subsets",
     "manifold_membership", "nearest_distances", "pixel_statistics", "precision_recall",
 ]
@@ -214,6 +216,9 @@ def pixel_statistics(images_uint8: np.ndarray, background: tuple[int, int, int])
     - background_near_share and colour_groups_per_sprite: the first two at what an eye sees, the share
       within BACKGROUND_NEAR_LEVELS of the background and colours merged within COLOUR_GROUP_LEVELS
       (:func:`colour_groups`). They are diagnostics beside the exact figures, not part of the quality bar.
+    - dark_outline_share, a diagnostic too: of the figure's edge pixels (not background-like, with a
+      background-like 4-neighbour or on the image border), the share with every channel at most
+      OUTLINE_DARK_LEVEL. NaN when no pixel is on an edge. It measures little on a dark background.
     """
     images = _check_sprites(images_uint8)
     bg = np.asarray(background, dtype=np.int16)
@@ -221,6 +226,11 @@ def pixel_statistics(images_uint8: np.ndarray, background: tuple[int, int, int])
     like = diff <= BACKGROUND_TOLERANCE
     share, near = ((float((diff <= levels).sum() / like.sum()) if like.any() else float("nan"))
                    for levels in (0, BACKGROUND_NEAR_LEVELS))
+
+    outside = np.pad(like, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    edge = ~like & (outside[:, :-2, 1:-1] | outside[:, 2:, 1:-1] | outside[:, 1:-1, :-2] | outside[:, 1:-1, 2:])
+    dark = edge & (images.max(axis=-1) <= OUTLINE_DARK_LEVEL)
+    outline = float(dark.sum() / edge.sum()) if edge.any() else float("nan")
 
     packed = np.sort(_packed(images).reshape(len(images), -1), axis=1)
     colours = 1 + (np.diff(packed, axis=1) != 0).sum(axis=1)
@@ -231,4 +241,5 @@ def pixel_statistics(images_uint8: np.ndarray, background: tuple[int, int, int])
     return {"background_exact_share": share, "colours_per_sprite": float(colours.mean()),
             "high_frequency_energy": float(np.abs(laplacian).mean() / 255),
             "background_near_share": near,
-            "colour_groups_per_sprite": float(np.mean([colour_groups(image) for image in images]))}
+            "colour_groups_per_sprite": float(np.mean([colour_groups(image) for image in images])),
+            "dark_outline_share": outline}

@@ -11,8 +11,9 @@ from training.metrics import BACKGROUND_NEAR_LEVELS, COLOUR_GROUP_LEVELS
 
 PIXEL_STATISTICS = ("background_exact_share", "colours_per_sprite", "high_frequency_energy")  # in the bar
 PER_CONTEXT_FIGURES = ("precision", "recall", "background_exact_share", "background_near_share", "colours_per_sprite",
-                       "colour_groups_per_sprite")
-EYE_STATISTICS = ("background_near_share", "colour_groups_per_sprite")  # diagnostics: what of the gap shows
+                       "colour_groups_per_sprite", "dark_outline_share")
+# Diagnostics, not in the bar: what of the gap shows to an eye.
+EYE_STATISTICS = ("background_near_share", "colour_groups_per_sprite", "dark_outline_share")
 
 # The quality bar (quality_bar_failures): every figure held against what real sprites score on the same footing.
 CONTEXT_ACCURACY_MARGIN = 0.02  # overall context accuracy >= the judge's held-out accuracy minus this
@@ -74,7 +75,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
               "memorisation", "seconds"]
     header2 = ["run", "exact background", "colours per sprite", "high-frequency energy",
                f"background within {BACKGROUND_NEAR_LEVELS} levels", f"colours within {COLOUR_GROUP_LEVELS} levels",
-               *names]
+               "dark outline", *names]
     rows, rows2 = [], []
     for r in results:
         rows.append([run_label(r), f"{r['context_accuracy']:.3f} ({r['judge_heldout_accuracy']:.3f})",
@@ -94,7 +95,7 @@ def per_context_table(r: dict[str, Any]) -> str:
     """One run's figures per context, each cell "samples (that context's real sprites)": a weak context shows here."""
     header = ["context", "context accuracy", "precision", "recall", "exact background",
               f"background within {BACKGROUND_NEAR_LEVELS} levels", "colours per sprite",
-              f"colours within {COLOUR_GROUP_LEVELS} levels"]
+              f"colours within {COLOUR_GROUP_LEVELS} levels", "dark outline"]
     accuracy, accuracy_real = r["context_accuracy_per_context"], r["judge_heldout_accuracy_per_context"]
     rows = [[f"{name} ({row['samples']})", f"{accuracy[name]:.3f} ({accuracy_real[name]:.3f})",
              *(f"{row[n]:.3f} ({row[n + '_real']:.3f})" if n in row else "" for n in PER_CONTEXT_FIGURES)]
