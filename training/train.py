@@ -142,11 +142,9 @@ class BatchIndices(torch.utils.data.Dataset):
         return torch.tensor(indices)
 
 
-def pretrained_unet(source: str, names: list[str], resolution: int, prediction_type: str,
-                    named: bool = True) -> UNet2DModel:
+def pretrained_unet(source: str, names: list[str], resolution: int, prediction_type: str) -> UNet2DModel:
     """The U-Net of a saved sprite pipeline, to fine-tune: loaded as the app loads models (safetensors only),
-    and checked against the dataset's contexts and resolution first. ``named``: the dataset's context names were
-    given (--context_names or the dataset's own), not the course's defaults for a bare .npy pair."""
+    and checked against the dataset's contexts and resolution first."""
     try:
         pipe = load_pipeline(source)
     except ModelLoadError as err:
@@ -155,11 +153,10 @@ def pretrained_unet(source: str, names: list[str], resolution: int, prediction_t
         raise ConfigError(f"--pretrained_model_name_or_path: {source} has {len(pipe.context_names)} contexts "
                           f"({', '.join(pipe.context_names)}), the dataset {len(names)} ({', '.join(names)})")
     if list(pipe.context_names) != list(names):  # same count: the fine-tune relabels, so say so
-        logging.getLogger(__name__).log(
-            logging.INFO if named else logging.WARNING,
+        hint = " (the course's names, a .npy pair's default: --context_names sets them)" * (names == COURSE_CONTEXTS)
+        logging.getLogger(__name__).warning(  # accelerate's logger needs the Accelerator, not made yet
             f"--pretrained_model_name_or_path: {source}'s contexts are {', '.join(pipe.context_names)}; the "
-            f"fine-tuned model names them {', '.join(names)}"
-            + ("" if named else " (the course's names, the default for a .npy pair: --context_names sets them)"))
+            f"fine-tuned model names them {', '.join(names)}{hint}")
     if pipe.unet.config.sample_size != resolution:
         raise ConfigError(f"--pretrained_model_name_or_path: {source} draws {pipe.unet.config.sample_size} px "
                           f"sprites, --resolution is {resolution}")
@@ -206,9 +203,7 @@ def train(args: argparse.Namespace) -> int:
     if args.seed is not None:
         set_seed(args.seed)  # the same initial weights on every process and in every run with this seed
     if args.pretrained_model_name_or_path:
-        named = args.context_names is not None or names != COURSE_CONTEXTS  # else maybe a label array's default
-        unet = pretrained_unet(args.pretrained_model_name_or_path, names, args.resolution, args.prediction_type,
-                               named)
+        unet = pretrained_unet(args.pretrained_model_name_or_path, names, args.resolution, args.prediction_type)
     else:
         try:
             unet = build_unet(len(names), args.model_config, args.resolution)
