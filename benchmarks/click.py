@@ -2,7 +2,8 @@
 
     python -m benchmarks.click [--clicks 10]
 
-Serves the app as `python app.py` does (batching on, the U-Net compiled for the batcher's row counts) on
+Serves the app as `python app.py` does (batching on, the U-Net compiled for the batcher's row counts and raced
+against OpenVINO where it is installed) on
 loopback and times the page's default request (16 sprites, DPM-Solver++ 2M SDE 10, guidance 2) three ways, in
 rounds (one of each per round, so the machine's drift hits all three alike), after one warm-up round:
 
@@ -17,8 +18,10 @@ Prints a Markdown table: each median, its worst, and its ratio to the pipeline's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     pipe = load_pipeline()
     pipe.enable_batching()  # as app.main serves
-    pipe.enable_fast_sampling(batch_sizes=BUCKETS)
+    pipe.enable_fast_sampling(batch_sizes=BUCKETS, engine="auto")  # OpenVINO too where installed, as app.py races
     request = dict(context=pipe.context_names[0], weights="", num_inference_steps=app.DEFAULT_STEPS,
                    sampler=app.DEFAULT_SAMPLER, add_noise=True, noise_scale=1.0, guidance_scale=app.DEFAULT_GUIDANCE,
                    num_images=16, seed=0, randomize_seed=False)
@@ -108,10 +111,11 @@ def main(argv: list[str] | None = None) -> None:
                 times["final"].append(latency["final"] / 1000)
             browser.close()
     finally:
-        demo.close()
+        with contextlib.redirect_stdout(sys.stderr):  # gradio's "Closing server" note, off the table
+            demo.close()
     base = statistics.median(times["pipeline"][1:])
     print(f"Machine: {machine_name(torch.device('cpu'))}. 16 sprites, {app.DEFAULT_STEPS} {app.DEFAULT_SAMPLER} steps, "
-          f"guidance {app.DEFAULT_GUIDANCE:g}, U-Net compiled; {args.clicks} rounds after one warm-up.\n")
+          f"guidance {app.DEFAULT_GUIDANCE:g}; U-Net: {pipe.engine}; {args.clicks} rounds after one warm-up.\n")
     print("| measure | median s | worst s | x the pipeline |\n| --- | --- | --- | --- |")
     for name, label in (("pipeline", "the pipeline alone"), ("client", "gradio_client: submit to final sprites"),
                         ("first", "browser: click to first streamed frame"),

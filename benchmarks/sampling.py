@@ -23,6 +23,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from benchmarks.common import best_time, forward_flops, machine_name, peak_flops  # noqa: E402
 from model import get_sampler, load_pipeline  # noqa: E402
+from model.engine import OPENVINO_ENGINES, openvino_engine  # noqa: E402
 
 
 def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int = 0,
@@ -82,6 +83,8 @@ def main() -> None:
                              "ddpm:500:5 (ours with the whole U-Net every 5 steps)")
     parser.add_argument("--bf16", action="store_true", help="our path with bf16 autocast")
     parser.add_argument("--no_compile", action="store_true", help="our path without torch.compile")
+    parser.add_argument("--engine", choices=["torch", *OPENVINO_ENGINES], default="torch",
+                        help="what runs our U-Net: torch, or OpenVINO in fp32, bf16 or int8 (model/engine.py)")
     parser.add_argument("--whole_step", choices=["auto", "yes", "no"], default="auto",
                         help="compile the whole step or the U-Net alone (auto: whole step on CUDA only)")
     parser.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance (2 = app default)")
@@ -98,16 +101,22 @@ def main() -> None:
     pipe = load_pipeline(args.today, device=str(device))
     fast = load_pipeline(args.model, device=str(device))
     whole_step = {"auto": None, "yes": True, "no": False}[args.whole_step]
-    fast.enable_fast_sampling(compile=not args.no_compile, bf16=args.bf16, whole_step=whole_step)
+    fast.enable_fast_sampling(compile=not args.no_compile and args.engine == "torch", bf16=args.bf16,
+                              whole_step=whole_step)
+    if args.engine != "torch":
+        fast.noise_predictor, why = openvino_engine(fast, args.engine)
+        if fast.noise_predictor is None:
+            parser.exit(2, f"error: --engine {args.engine}: {why}\n")
     two_pass = load_pipeline(args.today, device=str(device))
     two_pass.enable_fast_sampling(whole_step=whole_step)
     names, size = pipe.context_names, pipe.unet.config.sample_size
-    dtype = "bf16" if args.bf16 else "fp32"
+    dtype = "bf16" if args.bf16 or args.engine == "openvino-bf16" else "fp32"
     peak, peak_how = peak_flops(device, dtype)
     flops_per_image = forward_flops(pipe.unet, 1, size, pipe.unet.config.num_class_embeds)
     outer_flops = forward_flops(pipe.unet, 1, size, pipe.unet.config.num_class_embeds, outer_only=True)
     compiled = "whole step" if fast.step_function != fast.denoise_step else "U-Net"
-    ours_how = f"SpritePipeline, {'eager' if args.no_compile else f'torch.compile ({compiled})'}, {dtype}"
+    ours_how = f"SpritePipeline, {'eager' if args.no_compile else f'torch.compile ({compiled})'}, {dtype}" \
+        if args.engine == "torch" else f"SpritePipeline, U-Net on {args.engine}"
     rows = fast.unet_rows(1, args.guidance_scale)
     ours_how += f", guidance {args.guidance_scale:g} in {'one pass' if rows == 1 else 'two passes'}" \
         if args.guidance_scale != 1 else ""

@@ -2,12 +2,13 @@
 arithmetic, and which engine runs the U-Net fastest on this machine.
 
     python -m benchmarks.unet_rows                                  # eager fp32, the bundled model
-    python -m benchmarks.unet_rows --engines eager compile openvino openvino-bf16
+    python -m benchmarks.unet_rows --engines eager compile openvino openvino-bf16 openvino-int8
 
 compile is torch.compile for these row counts (as the app does), openvino the U-Net converted by OpenVINO
-(model/engine.py; needs `pip install openvino`). Set-up is converting or compiling, and the first call at each
-size. Mean of 10 calls after 3 warm-up calls, each size on the same random inputs; "max diff" is the largest
-difference from the eager output. Run it with nothing else on the machine.
+(model/engine.py; needs `pip install openvino`, and `nncf` for int8, calibrated on noised bundled sprites).
+Set-up is converting or compiling, and the first call at each size. Mean of 10 calls after 3 warm-up calls,
+each size on the same random inputs; "max diff" is the largest difference from the eager output. Run it with
+nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import torch
 
 from benchmarks.common import machine_name
 from model import load_pipeline
-from model.engine import openvino_predictor
+from model.engine import OPENVINO_ENGINES, openvino_engine
 from model.fast import fast_predictor
 
-ENGINES = ("eager", "compile", "openvino", "openvino-bf16")
+ENGINES = ("eager", "compile", *OPENVINO_ENGINES)
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
         elif engine == "compile":
             predictor = fast_predictor(pipe.unet, batch_sizes=args.rows)
         else:
-            predictor, why = openvino_predictor(pipe.unet, "bf16" if engine.endswith("bf16") else "fp32")
+            predictor, why = openvino_engine(pipe, engine)
             if predictor is None:
                 print(f"| {engine} | {why} |")
                 continue

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import SpritePipeline, build_unet, make_scheduler
-from model.engine import fastest, openvino_predictor, race_engines
+from model import SpritePipeline, build_unet, get_sampler, make_scheduler
+from model.engine import calibration_inputs, fastest, openvino_predictor, race_engines
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
 
@@ -69,3 +69,47 @@ def test_openvino_where_installed_gives_the_unets_output(pipe):
     x, t, c = torch.randn(3, 3, 16, 16), torch.tensor([10.0, 200.0, 400.0]), torch.eye(5)[:3]
     with torch.no_grad():
         assert torch.allclose(predictor(x, t, c), pipe.unet(x, t, class_labels=c).sample, atol=1e-4)
+
+
+def test_int8_without_calibration_and_an_unknown_precision_are_refused(pipe):
+    with pytest.raises(ValueError, match="calibration"):
+        openvino_predictor(pipe.unet, "int8")
+    with pytest.raises(ValueError, match="fp16"):
+        openvino_predictor(pipe.unet, "fp16")
+
+
+def test_int8_without_nncf_says_so_and_torch_keeps_running(pipe, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace())  # installed, whatever it holds
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf now raises ImportError
+    assert openvino_predictor(pipe.unet, "int8", calibration=[]) == (None, "int8 needs NNCF (pip install nncf)")
+
+
+def test_calibration_inputs_are_noised_bundled_sprites_at_the_samplers_steps(pipe, monkeypatch):
+    white = np.full((10, 16, 16, 3), 255, np.uint8), np.eye(5, dtype=np.float32)[np.arange(10) % 5], NAMES
+    monkeypatch.setattr("model.sprites.default_sprites", lambda resolution: white)
+    batches = calibration_inputs(pipe, "dpm++2m-sde", steps=4, rows=64)
+    scheduler = get_sampler("dpm++2m-sde").make_scheduler(pipe.scheduler.config)
+    scheduler.set_timesteps(4)
+    assert [float(t[0]) for _, t, _ in batches] == [float(t) for t in scheduler.timesteps]
+    for sample, t, context in batches:
+        assert sample.shape == (64, 3, 16, 16) and t.shape == (64,)
+        assert context[:32].sum(1).tolist() == [1.0] * 32 and context[32:].abs().sum() == 0  # conditional, then not
+        alpha_bar = float(pipe.scheduler.alphas_cumprod[int(t[0])])  # a white sprite is 1 everywhere
+        assert float(sample.mean()) == pytest.approx(alpha_bar ** 0.5, abs=0.02)
+        assert float(sample.std()) == pytest.approx((1 - alpha_bar) ** 0.5, abs=0.02)
+
+
+def test_openvino_bf16_and_int8_where_installed_stay_near_the_unet(pipe):
+    pytest.importorskip("openvino")
+    x, t, c = torch.randn(4, 3, 16, 16), torch.tensor([10.0, 200.0, 400.0, 900.0]), torch.eye(5)[:4]
+    with torch.no_grad():
+        reference = pipe.unet(x, t, class_labels=c).sample
+    predictor, why = openvino_predictor(pipe.unet, "bf16")
+    if predictor is not None:
+        assert (predictor(x, t, c) - reference).pow(2).mean().sqrt() < 0.02
+    else:
+        assert why == "this CPU has no bf16 instructions"
+    pytest.importorskip("nncf")
+    predictor, why = openvino_predictor(pipe.unet, "int8", calibration_inputs(pipe, steps=3, rows=8))
+    assert why is None
+    assert (predictor(x, t, c) - reference).pow(2).mean().sqrt() < 0.1

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from model import MAX_IMAGES, SAMPLERS
+from model.engine import OPENVINO_ENGINES, openvino_engine
 from training.judge import (
     JUDGES_DIR,
     JudgeError,
@@ -378,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a guidance-distilled model's guidance in the course's two passes instead of one")
     parser.add_argument("--compile", action="store_true",
                         help="sample with torch.compile (about a minute to compile; worth it for DDPM 500)")
+    parser.add_argument("--engine", choices=["torch", *OPENVINO_ENGINES], default="torch",
+                        help="what runs the U-Net: torch (eager, or compiled with --compile) or OpenVINO in fp32, bf16 "
+                             "or int8 (model/engine.py; pip install openvino, and nncf for int8)")
     parser.add_argument("--batch_size", type=int, default=MAX_IMAGES)
     parser.add_argument("--memorisation_threshold", type=float, default=MEMORISATION_THRESHOLD)
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
@@ -405,6 +409,11 @@ def main(argv: list[str] | None = None) -> None:
             pipe = load_pipeline(args.model, revision=args.revision, device=args.device)
             if args.compile:
                 pipe.enable_fast_sampling(batch_sizes=(args.batch_size, 2 * args.batch_size))
+            if args.engine != "torch":
+                predictor, why = openvino_engine(pipe, args.engine)
+                if predictor is None:
+                    raise ValueError(f"--engine {args.engine}: {why}")
+                pipe.noise_predictor = predictor
             args.resolution = pipe.unet.config.sample_size if args.resolution is None else args.resolution
         data = dataset_from_args(args)
         evaluator = Evaluator(data, args.judge or default_judge_dir(args.dataset), name=args.dataset,
@@ -419,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
                 sampler, steps, guidance = job
                 results.append(evaluator.run(pipe, args.num_per_context, sampler, steps,
                                              args.guidance_scale if guidance is None else guidance, args.seed,
-                                             args.batch_size, model_name=args.model or "bundled default",
+                                             args.batch_size, model_name=(args.model or "bundled default") + (
+                                                 "" if args.engine == "torch" else f", {args.engine}"),
                                              cache_interval=args.cache_interval,
                                              two_pass_guidance=args.two_pass_guidance))
             print(f"{run_label(results[-1])}, per context (real sprites in brackets):\n"
