@@ -40,13 +40,12 @@ def _as_arrays(inputs: Inputs) -> list:
     return [x.numpy(force=True) for x in inputs]
 
 
-def _quantize_int8(model, calibration: Iterable[Inputs]):
+def _quantize_int8(nncf, model, calibration: Iterable[Inputs]):
     """NNCF's post-training int8 quantization, its activation ranges taken from ``calibration``.
 
     Only the convolutions are quantized: in a trial that also quantized the time and context embeddings'
     MatMuls and the elementwise Adds and Multiplies, the bundled model's sprites fell apart.
     """
-    import nncf
     nncf.set_log_level(logging.ERROR)  # its per-node notes would land in the benchmarks' tables on stdout
     batches = list(calibration)
     with contextlib.redirect_stdout(sys.stderr):  # and its progress bars
@@ -76,7 +75,7 @@ def openvino_predictor(unet: UNet2DModel, precision: str = "fp32", calibration: 
         return None, "OpenVINO runs the U-Net on the CPU only"
     if precision == "int8":
         try:
-            import nncf  # noqa: F401
+            import nncf
         except ImportError:
             return None, "int8 needs NNCF (pip install nncf)"
     size, contexts = unet.config.sample_size, unet.config.num_class_embeds
@@ -91,7 +90,7 @@ def openvino_predictor(unet: UNet2DModel, precision: str = "fp32", calibration: 
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             return None, "this CPU has no bf16 instructions"
         if precision == "int8":
-            model = _quantize_int8(model, calibration)
+            model = _quantize_int8(nncf, model, calibration)
         compiled = core.compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": torch.get_num_threads()})
