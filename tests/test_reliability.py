@@ -353,7 +353,13 @@ def test_training_killed_at_random_moments_resumes_to_the_same_model(tmp_path):
                 if kill < KILLS - 1:
                     signs.append(killed / f".tmp-checkpoint-{target}")
                 deadline = time.monotonic() + 120
-                while victim.poll() is None and time.monotonic() < deadline and not any(p.exists() for p in signs):
+                # A resumed run says where it resumed from before it is killed: the target's checkpoint may be
+                # there before the run starts (a kill that landed past it), and then only that line is a sign.
+                resumed = not last
+                while victim.poll() is None and time.monotonic() < deadline:
+                    resumed = resumed or "resuming from" in log.read_text()
+                    if resumed and any(p.exists() for p in signs):
+                        break
                     time.sleep(0.005)
                 time.sleep(delay)
                 victim.send_signal(signal.SIGKILL)
