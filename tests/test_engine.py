@@ -78,7 +78,7 @@ def test_int8_without_calibration_and_an_unknown_precision_are_refused(pipe):
         openvino_predictor(pipe.unet, "fp16")
 
 
-def test_int8_without_nncf_says_so_and_torch_keeps_running(pipe, monkeypatch):
+def test_int8_without_nncf_says_why(pipe, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace())  # installed, whatever it holds
     monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf now raises ImportError
     assert openvino_predictor(pipe.unet, "int8", calibration=[]) == (None, "int8 needs NNCF (pip install nncf)")
