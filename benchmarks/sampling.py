@@ -104,7 +104,10 @@ def main() -> None:
     fast.enable_fast_sampling(compile=not args.no_compile and args.engine == "torch", bf16=args.bf16,
                               whole_step=whole_step)
     if args.engine != "torch":
-        fast.noise_predictor, why = openvino_engine(fast, args.engine)
+        try:
+            fast.noise_predictor, why = openvino_engine(fast, args.engine)
+        except ValueError as err:  # int8's calibration needs the bundled sprites' contexts
+            fast.noise_predictor, why = None, str(err)
         if fast.noise_predictor is None:
             parser.exit(2, f"error: --engine {args.engine}: {why}\n")
     two_pass = load_pipeline(args.today, device=str(device))
