@@ -108,6 +108,7 @@ def calibration_inputs(pipe, sampler: str = "dpm++2m-sde", steps: int = 10, rows
                        ) -> list[Inputs]:
     """U-Net inputs for int8 calibration, one batch per step of ``sampler``: real sprites of the bundled set,
     noised to that step's timestep, half with their context and half unconditional (guidance's two passes)."""
+    from .images import sprite_tensor
     from .samplers import get_sampler
     from .sprites import default_sprites
     images, labels, _ = default_sprites(pipe.unet.config.sample_size)
@@ -118,11 +119,11 @@ def calibration_inputs(pipe, sampler: str = "dpm++2m-sde", steps: int = 10, rows
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)
     batches = []
-    for t in scheduler.timesteps:
-        pick = torch.randint(len(images), (rows,), generator=generator)
-        clean = torch.from_numpy(images[pick.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        noisy = pipe.scheduler.add_noise(clean, torch.randn(clean.shape, generator=generator), t.long())
-        context = torch.from_numpy(labels[pick.numpy()]).float()
+    for t in scheduler.timesteps:  # the U-Net's timesteps: course step t + 1 (model/schedule.py, unet_timestep)
+        pick = torch.randint(len(images), (rows,), generator=generator).numpy()
+        clean = torch.cat([sprite_tensor(image) for image in images[pick]])
+        noisy = pipe.noise_schedule.add_noise(clean, torch.randn(clean.shape, generator=generator), int(t) + 1)
+        context = torch.from_numpy(labels[pick]).float()
         context[rows // 2:] = 0
         batches.append((noisy, torch.full((rows,), float(t)), context))
     return batches
