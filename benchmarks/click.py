@@ -1,6 +1,6 @@
 """A default click end to end, against the pipeline's own time for the same request, in one run.
 
-    python -m benchmarks.click [--clicks 10]
+    python -m benchmarks.click [--clicks 10] [--model runs/distill-g3]
 
 Serves the app as `python app.py` does (batching on, the U-Net compiled for the batcher's row counts and raced
 against OpenVINO where it is installed) on
@@ -65,17 +65,18 @@ WATCH = """() => {
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--model", default=None, help="model folder or Hub repo (default: the bundled model)")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    pipe = load_pipeline()
+    pipe = load_pipeline(args.model)
     pipe.enable_batching()  # as app.main serves
     pipe.enable_fast_sampling(batch_sizes=BUCKETS, engine="auto")  # OpenVINO too where installed, as app.py races
     request = dict(context=pipe.context_names[0], weights="", num_inference_steps=app.DEFAULT_STEPS,
                    sampler=app.DEFAULT_SAMPLER, add_noise=True, noise_scale=1.0, guidance_scale=app.DEFAULT_GUIDANCE,
                    num_images=16, seed=0, randomize_seed=False)
     sampler = next(s.name for s in SAMPLERS.values() if s.label == app.DEFAULT_SAMPLER)
-    demo = app.build_demo(pipe, "**Model:** the bundled default.", tempfile.mkdtemp(prefix="click-"))
+    demo = app.build_demo(pipe, f"**Model:** {args.model or 'the bundled default'}.", tempfile.mkdtemp(prefix="click-"))
     _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     client = Client(url, download_files=False, analytics_enabled=False, verbose=False)
 
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # gradio's "Closing server" note, off the table
             demo.close()
     base = statistics.median(times["pipeline"][1:])
-    print(f"Machine: {machine_name(torch.device('cpu'))}. 16 sprites, {app.DEFAULT_STEPS} {app.DEFAULT_SAMPLER} steps, "
+    print(f"Machine: {machine_name(torch.device('cpu'))}. Model: {args.model or 'model/default'}.\n"
+          f"16 sprites, {app.DEFAULT_STEPS} {app.DEFAULT_SAMPLER} steps, "
           f"guidance {app.DEFAULT_GUIDANCE:g}; U-Net: {pipe.engine}; {args.clicks} rounds after one warm-up.\n")
     print("| measure | median s | worst s | x the pipeline |\n| --- | --- | --- | --- |")
     for name, label in (("pipeline", "the pipeline alone"), ("client", "gradio_client: submit to final sprites"),

@@ -237,7 +237,7 @@ def run_mode(args: argparse.Namespace, mode: str, label: str, work: Path) -> Res
     port, temp = free_port(), work / re.sub(r"[ ,]+", "-", mode) / "gradio"
     model = args.baseline if mode == BASELINE else args.model
     if mode == BASELINE:
-        results.model = args.baseline
+        results.model = label = args.baseline
     env = {**os.environ, "GRADIO_TEMP_DIR": str(temp)}
     # As a module from the repository root: the server imports app.py, which sits there, not in a package.
     command = [sys.executable, "-m", "benchmarks.load_test", "--serve", "--mode",

@@ -5,6 +5,9 @@ against its guided one: where the student starts).
 
     python -m studies.guidance_gap --model runs/distill-g3                 # teacher: the bundled model
     python -m studies.guidance_gap --model runs/distill-g3/checkpoint-800  # a checkpoint's EMA weights
+
+A second table asks whether the student falls short in a direction a different scale makes up for: for each teacher
+scale, the student scale (in steps of 0.1 across its knots) whose one pass comes closest to the teacher's two.
 """
 
 from __future__ import annotations
@@ -55,6 +58,16 @@ def main() -> None:
         one_pass = student.predict_noise(noisy, timestep, student.with_guidance(context, scale))
         error, gap = float((one_pass - guided).pow(2).mean()), float((conditional - guided).pow(2).mean())
         print(f"| {scale:g} | {error:.5f} | {gap:.5f} | {error / gap:.0%} |")
+    candidates = torch.arange(round(student.guidance_knots[0] * 10), round(student.guidance_knots[-1] * 10) + 1) / 10
+    print("\n| teacher scale | closest student scale | one pass against two (MSE) | share of the gap left |")
+    print("| --- | --- | --- | --- |")
+    for scale in args.scales:
+        guided = teacher.guided_output(noisy, timestep, context, torch.tensor(scale))
+        gap = float((conditional - guided).pow(2).mean())
+        errors = [float((student.predict_noise(noisy, timestep, student.with_guidance(context, float(c))) - guided)
+                        .pow(2).mean()) for c in candidates]
+        best = min(range(len(errors)), key=errors.__getitem__)
+        print(f"| {scale:g} | {float(candidates[best]):.1f} | {errors[best]:.5f} | {errors[best] / gap:.0%} |")
 
 
 if __name__ == "__main__":

@@ -636,12 +636,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["--timestep_bias_portion", "0"], "--timestep_bias_portion must be above 0 and at most 1, got 0"),
         (["--initial_step", "4"], "--initial_step 4 continues --pretrained_model_name_or_path's run"),
         (["--distill_guidance", "1"], "--distill_guidance 1 distils --pretrained_model_name_or_path's guidance"),
+        (["--guidance_learning_rate", "0"], "--guidance_learning_rate must be positive, got 0"),
         (["--pretrained_model_name_or_path", "TINY"], "has 5 contexts (hero, non-hero, food, spell, item), the "
                                                       "dataset 3"),
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(14))
 def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys, tiny_dir):
     flags, message = _bad_inputs(tmp_path)[case]
     flags = [str(tiny_dir) if f == "TINY" else f for f in flags]
@@ -724,6 +725,11 @@ def test_guidance_distillation_fits_the_teachers_two_pass_guidance(sprites, tmp_
         start = with_guidance_rows(teacher, 3)(noisy, timestep, class_labels=rows).sample  # the teacher's cond
         end = student.unet(noisy, timestep, class_labels=rows).sample
     assert F.mse_loss(end, target) < 0.75 * F.mse_loss(start, target)  # measured: 0.65 of it after 100 steps
+    table, teacher_table = student.unet.class_embedding.weight, teacher.class_embedding.weight
+    assert torch.equal(table[:3], teacher_table)  # the contexts' rows stay the teacher's
+    # the guidance rows, from zero, at --guidance_learning_rate: Adam moves each entry about a learning rate per step,
+    # so at the network's 1e-4 no row could get past 100 steps x 1e-4 x sqrt(width) (measured: 9x that)
+    assert table[3:].norm(dim=1).max() > 3 * 100 * 1e-4 * table.shape[1] ** 0.5
 
 
 @pytest.mark.slow

@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--distill_guidance", type=float, default=0.0, metavar="MAX_SCALE",
                    help="guidance distillation: fine-tune --pretrained_model_name_or_path to predict its own "
                         "classifier-free guided output at scales 1..MAX_SCALE in one pass (0: off)")
+    g.add_argument("--guidance_learning_rate", type=float, default=5e-3,
+                   help="guidance distillation: the learning rate of the new guidance rows of the class table, which "
+                        "start at zero and must grow to the size of a context's row (its context rows stay fixed)")
     g.add_argument("--context_dropout", type=float, default=0.1,
                    help="probability of zeroing a sample's context (the unconditional case guidance needs)")
     g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
@@ -140,8 +143,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--context_dropout must be between 0 and 1, got {args.context_dropout}")
     if not 1 <= args.resolution <= MAX_SAMPLE_SIZE:
         raise ConfigError(f"--resolution must be from 1 to {MAX_SAMPLE_SIZE} pixels, got {args.resolution}")
-    if args.learning_rate <= 0:
-        raise ConfigError(f"--learning_rate must be positive, got {args.learning_rate}")
+    for name in ("learning_rate", "guidance_learning_rate"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name} must be positive, got {getattr(args, name)}")
     out = Path(args.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
