@@ -209,10 +209,15 @@ def test_requests_during_a_cold_background_compile_never_fail():
     benchmarks/compile_race.py compiles in the background in a new process while one thread calls the bare
     U-Net, as requests did before the fix, and another sends pipeline requests, as the app does. The bare calls
     meet torch.fx's trace ("not installed as a submodule"), the requests never fail. Python threads switch every
-    10 us there instead of every 5 ms, so one cold start shows what the default timing hid in 1 of 24 requests."""
+    10 us there instead of every 5 ms, so a cold start usually shows what the default timing hid in 1 of 24
+    requests."""
     from benchmarks.compile_race import cold_runs
 
-    (run,) = cold_runs(runs=1, preset="minimal")  # a one-level U-Net: the quickest cold compile (minutes)
-    assert run["finished"] and run["app_requests"] > 20
-    assert run["bare_collisions"] > 0, run  # the race is real ...
-    assert run["app_failures"] == 0, run  # ... and the app's requests wait it out
+    runs = []
+    # A cold start may never meet the trace (seen once on a fast VM: 0 collisions in 6,899 bare calls), and then it
+    # shows nothing: start again, up to three times, until one does.
+    while len(runs) < 3 and not (runs and runs[-1]["bare_collisions"]):
+        runs += cold_runs(runs=1, preset="minimal")  # a one-level U-Net: the quickest cold compile (minutes)
+    assert all(run["finished"] and run["app_requests"] > 20 for run in runs), runs
+    assert runs[-1]["bare_collisions"] > 0, runs  # the race is real ...
+    assert all(run["app_failures"] == 0 for run in runs), runs  # ... and the app's requests wait it out
