@@ -34,12 +34,20 @@ def save_sheet(sprites: np.ndarray, path: str | Path, ncols: int | None = None) 
 
 
 def save_gif(frames: Sequence[Image.Image], path: str | Path, frame_ms: int = 80, hold_ms: int = 1500) -> Path:
-    """An endlessly looping GIF of ``frames`` that rests on the last one so the result can be seen."""
+    """An endlessly looping GIF of ``frames`` that rests on the last one so the result can be seen.
+
+    Each frame gets its own 256 colours. The last, the sprites the GIF rests on, is quantized by median cut, as PIL
+    would by default; the frames on the way, mostly noise, by PIL's fast octree, which is far quicker and about a
+    level further off on average. Median cut on every frame was most of the GIF's cost, and the GIF is built on
+    the server's cores while the page draws the final sprites."""
     if not frames:
         raise ValueError("save_gif needs at least one frame")
     path = Path(path)
+    rgb = [frame if frame.mode == "RGB" else frame.convert("RGB") for frame in frames]
+    paletted = [frame.quantize(method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for frame in rgb[:-1]]
+    paletted.append(rgb[-1].quantize(method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE))
     durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
-    frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]), duration=durations, loop=0)
+    paletted[0].save(path, format="GIF", save_all=True, append_images=paletted[1:], duration=durations, loop=0)
     return path
 
 

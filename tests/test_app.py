@@ -23,7 +23,7 @@ from PIL import Image
 import app
 import model.loading
 from model import SpritePipeline, build_unet, load_pipeline, make_scheduler, to_uint8
-from model.gallery import forward_noise
+from model.gallery import forward_noise, save_gif
 from model.images import sprite_tensor
 from ui import events as ui_events
 from ui import gradio_fixes
@@ -125,6 +125,25 @@ def test_live_updates_come_no_more_often_than_an_eye_follows(sprites, monkeypatc
     assert [o[5].split(":")[0] for o in outputs[:-2]] == ["Step 1 of 40"]  # the first step's frame, then none
     with Image.open(outputs[-1][3]) as animation:
         assert animation.n_frames == app.LIVE_FRAMES + 1  # the GIF still holds every frame
+
+
+def test_the_gif_rests_on_the_sprites_as_pil_would_draw_them_and_keeps_every_frame(tmp_path):
+    """save_gif: the frames on the way by the fast octree, the last as PIL's default median cut, to the pixel."""
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    sprites = Image.fromarray(np.kron(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8)))
+    path = save_gif([*noise, sprites.convert("RGBA")], tmp_path / "a.gif", frame_ms=50, hold_ms=900)
+    with Image.open(path) as animation:
+        decoded, durations = [], []
+        for index in range(animation.n_frames):
+            animation.seek(index)
+            decoded.append(np.asarray(animation.convert("RGB"), dtype=float))
+            durations.append(animation.info["duration"])
+    assert len(decoded) == 4 and durations == [50, 50, 50, 900] and animation.info["loop"] == 0
+    default = sprites.convert("P", palette=Image.Palette.ADAPTIVE).convert("RGB")
+    assert np.array_equal(decoded[-1], np.asarray(default, dtype=float))  # the resting frame: PIL's own
+    for frame, source in zip(decoded[:-1], noise, strict=True):  # 256 colours for noise: close, not exact
+        assert np.abs(frame - np.asarray(source, dtype=float)).mean() < 20
 
 
 def test_first_update_comes_after_the_first_step(sprites):
