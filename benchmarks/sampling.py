@@ -23,7 +23,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from benchmarks.common import best_time, forward_flops, machine_name, peak_flops  # noqa: E402
 from model import get_sampler, load_pipeline  # noqa: E402
-from model.engine import OPENVINO_ENGINES, openvino_engine  # noqa: E402
+from model.engine import OPENVINO_ENGINES  # noqa: E402
 
 
 def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int = 0,
@@ -105,11 +105,9 @@ def main() -> None:
                               whole_step=whole_step)
     if args.engine != "torch":
         try:
-            fast.noise_predictor, why = openvino_engine(fast, args.engine)
-        except ValueError as err:  # int8's calibration needs the bundled sprites' contexts
-            fast.noise_predictor, why = None, str(err)
-        if fast.noise_predictor is None:
-            parser.exit(2, f"error: --engine {args.engine}: {why}\n")
+            fast.use_engine(args.engine)
+        except ValueError as err:
+            parser.exit(2, f"error: --engine {args.engine}: {err}\n")
     two_pass = load_pipeline(args.today, device=str(device))
     two_pass.enable_fast_sampling(whole_step=whole_step)
     names, size = pipe.context_names, pipe.unet.config.sample_size

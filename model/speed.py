@@ -13,7 +13,7 @@ import torch
 
 from .batching import ContinuousBatcher
 from .deepcache import split_forward
-from .engine import race_engines
+from .engine import openvino_engine, race_engines
 from .fast import compile_error_of, compiled_or_eager, compiled_step, eager_predictor, fast_predictor
 from .schedule import unet_timestep
 
@@ -59,6 +59,14 @@ class FastSampling:
         self.compile_error = compile_error_of(predictor)
         self.compiled_batch_sizes = tuple(sorted(batch_sizes or ())) if compile and not self.compile_error else ()
         self.step_function = self.denoise_step
+
+    def use_engine(self, name: str) -> None:
+        """Run the U-Net on one of model/engine.py's OPENVINO_ENGINES, by name (the tools' --engine); a ValueError
+        with the reason where it cannot run here (not installed, no bf16 instructions, int8 on other contexts)."""
+        predictor, why = openvino_engine(self, name)
+        if predictor is None:
+            raise ValueError(why)
+        self.noise_predictor, self.engine = predictor, name
 
     def enable_batching(self, **options) -> ContinuousBatcher:
         """Merge the U-Net calls of every request in flight, from any thread, into one call per step

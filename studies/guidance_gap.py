@@ -51,24 +51,23 @@ def main() -> None:
     noisy = teacher.noise_schedule.add_noise(clean, torch.randn(clean.shape, generator=generator), t)
     timestep = unet_timestep(t).float()
     conditional = teacher.predict_noise(noisy, timestep, context)
-    print("| scale | one pass against two (MSE) | gap guidance opens (MSE) | share of the gap left |")
-    print("| --- | --- | --- | --- |")
-    for scale in args.scales:
-        guided = teacher.guided_output(noisy, timestep, context, torch.tensor(scale))
-        one_pass = student.predict_noise(noisy, timestep, student.with_guidance(context, scale))
-        error, gap = float((one_pass - guided).pow(2).mean()), float((conditional - guided).pow(2).mean())
-        print(f"| {scale:g} | {error:.5f} | {gap:.5f} | {error / gap:.0%} |")
     candidates = torch.arange(round(student.guidance_knots[0] * 10), round(student.guidance_knots[-1] * 10) + 1) / 10
-    print("\n| teacher scale | closest student scale | one pass against two (MSE) | share of the gap left |")
-    print("| --- | --- | --- | --- |")
+    gap_rows, closest_rows = [], []
     for scale in args.scales:
         guided = teacher.guided_output(noisy, timestep, context, torch.tensor(scale))
         gap = float((conditional - guided).pow(2).mean())
+        error = float((student.predict_noise(noisy, timestep, student.with_guidance(context, scale)) - guided)
+                      .pow(2).mean())
+        gap_rows.append(f"| {scale:g} | {error:.5f} | {gap:.5f} | {error / gap:.0%} |")
         errors = [float((student.predict_noise(noisy, timestep, student.with_guidance(context, float(c))) - guided)
                         .pow(2).mean()) for c in candidates]
         best = min(range(len(errors)), key=errors.__getitem__)
-        print(f"| {scale:g} | {float(candidates[best]):.1f} | {errors[best]:.5f} | {errors[best] / gap:.0%} |")
-
+        closest_rows.append(f"| {scale:g} | {float(candidates[best]):.1f} | {errors[best]:.5f} | "
+                            f"{errors[best] / gap:.0%} |")
+    print("| scale | one pass against two (MSE) | gap guidance opens (MSE) | share of the gap left |")
+    print("| --- | --- | --- | --- |\n" + "\n".join(gap_rows))
+    print("\n| teacher scale | closest student scale | one pass against two (MSE) | share of the gap left |")
+    print("| --- | --- | --- | --- |\n" + "\n".join(closest_rows))
 
 if __name__ == "__main__":
     main()

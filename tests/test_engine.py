@@ -113,3 +113,12 @@ def test_openvino_bf16_and_int8_where_installed_stay_near_the_unet(pipe):
     predictor, why = openvino_predictor(pipe.unet, "int8", calibration_inputs(pipe, steps=3, rows=8))
     assert why is None
     assert (predictor(x, t, c) - reference).pow(2).mean().sqrt() < 0.1
+
+
+def test_use_engine_says_why_an_engine_cannot_run_and_keeps_the_unet_it_had(pipe, monkeypatch):
+    """SpritePipeline.use_engine, the tools' --engine: a ValueError with OpenVINO's reason, nothing swapped."""
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    before = pipe.noise_predictor
+    with pytest.raises(ValueError, match="OpenVINO is not installed"):
+        pipe.use_engine("openvino-bf16")
+    assert pipe.noise_predictor is before

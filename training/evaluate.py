@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from model import MAX_IMAGES, SAMPLERS
-from model.engine import OPENVINO_ENGINES, openvino_engine
+from model.engine import OPENVINO_ENGINES
 from training.judge import (
     JUDGES_DIR,
     JudgeError,
@@ -410,10 +410,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.compile:
                 pipe.enable_fast_sampling(batch_sizes=(args.batch_size, 2 * args.batch_size))
             if args.engine != "torch":
-                predictor, why = openvino_engine(pipe, args.engine)
-                if predictor is None:
-                    raise ValueError(f"--engine {args.engine}: {why}")
-                pipe.noise_predictor = predictor
+                try:
+                    pipe.use_engine(args.engine)
+                except ValueError as err:
+                    raise ValueError(f"--engine {args.engine}: {err}") from None
             args.resolution = pipe.unet.config.sample_size if args.resolution is None else args.resolution
         data = dataset_from_args(args)
         evaluator = Evaluator(data, args.judge or default_judge_dir(args.dataset), name=args.dataset,
