@@ -107,14 +107,17 @@ def openvino_predictor(unet: UNet2DModel, precision: str = "fp32", calibration: 
 def calibration_inputs(pipe, sampler: str = "dpm++2m-sde", steps: int = 10, rows: int = 32, seed: int = 0
                        ) -> list[Inputs]:
     """U-Net inputs for int8 calibration, one batch per step of ``sampler``: real sprites of the bundled set,
-    noised to that step's timestep, half with their context and half unconditional (guidance's two passes)."""
+    noised to that step's timestep, half with their context and half unconditional (guidance's two passes). A
+    guidance-distilled model's conditional half gets scales drawn evenly over its knots, its other half scale 1,
+    as the pipeline feeds it."""
     from .images import sprite_tensor
     from .samplers import get_sampler
     from .sprites import default_sprites
     images, labels, _ = default_sprites(pipe.unet.config.sample_size)
-    if labels.shape[1] != pipe.unet.config.num_class_embeds:
+    if labels.shape[1] != len(pipe.context_names):
         raise ValueError(f"the bundled sprites have {labels.shape[1]} contexts, the model "
-                         f"{pipe.unet.config.num_class_embeds}")
+                         f"{len(pipe.context_names)} ({', '.join(pipe.context_names)})")
+    knots = pipe.guidance_knots
     scheduler = get_sampler(sampler).make_scheduler(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)
@@ -125,6 +128,9 @@ def calibration_inputs(pipe, sampler: str = "dpm++2m-sde", steps: int = 10, rows
         noisy = pipe.noise_schedule.add_noise(clean, torch.randn(clean.shape, generator=generator), int(t) + 1)
         context = torch.from_numpy(labels[pick]).float()
         context[rows // 2:] = 0
+        if knots:
+            scales = knots[0] + torch.rand(rows, generator=generator) * (knots[-1] - knots[0])
+            context = pipe.with_guidance(context, scales.where(torch.arange(rows) < rows // 2, 1.0))
         batches.append((noisy, torch.full((rows,), float(t)), context))
     return batches
 

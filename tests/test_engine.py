@@ -10,6 +10,7 @@ import torch
 
 from model import SpritePipeline, build_unet, get_sampler, make_scheduler
 from model.engine import calibration_inputs, fastest, openvino_predictor, race_engines
+from model.unet import with_guidance_rows
 
 NAMES = ["hero", "non-hero", "food", "spell", "item"]
 
@@ -97,6 +98,21 @@ def test_calibration_inputs_are_noised_bundled_sprites_at_the_samplers_steps(pip
         alpha_bar = float(pipe.scheduler.alphas_cumprod[int(t[0])])  # a white sprite is 1 everywhere
         assert float(sample.mean()) == pytest.approx(alpha_bar ** 0.5, abs=0.02)
         assert float(sample.std()) == pytest.approx((1 - alpha_bar) ** 0.5, abs=0.02)
+
+
+def test_calibration_inputs_of_a_guidance_distilled_model_carry_its_scale_rows(monkeypatch):
+    white = np.full((10, 16, 16, 3), 255, np.uint8), np.eye(5, dtype=np.float32)[np.arange(10) % 5], NAMES
+    monkeypatch.setattr("model.sprites.default_sprites", lambda resolution: white)
+    torch.manual_seed(0)
+    student = SpritePipeline(with_guidance_rows(build_unet(len(NAMES), "tiny"), 3), make_scheduler(), NAMES,
+                             guidance_knots=[1.0, 2.0, 3.0])
+    for _, _, context in calibration_inputs(student, steps=2, rows=8):
+        assert context.shape == (8, 8)
+        assert context[:4, :5].sum(1).tolist() == [1.0] * 4 and context[4:, :5].abs().sum() == 0
+        assert torch.allclose(context[:, 5:].sum(1), torch.ones(8))  # weights on the two nearest scale rows
+        assert context[4:, 5].tolist() == [1.0] * 4  # the unconditional half at scale 1, as predict_noise feeds it
+        assert len({tuple(row) for row in context[:4, 5:].tolist()}) == 4  # the conditional half at drawn scales
+        student.unet(torch.zeros(8, 3, 16, 16), torch.zeros(8), class_labels=context)  # the U-Net takes them
 
 
 def test_openvino_bf16_and_int8_where_installed_stay_near_the_unet(pipe):

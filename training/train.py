@@ -422,7 +422,10 @@ def train(args: argparse.Namespace) -> int:
                             history=history)
     # The other ranks wait for the export here, so that all of them tear the process group down together:
     # a rank destroying it while the main process is still busy can hang (pytorch/pytorch#75097), and did,
-    # once in CI, with two CPU processes over gloo.
+    # once in CI, with two CPU processes over gloo. The DDP wrapper holds the group too, so it goes first,
+    # while every rank is still here, not when train() returns (rank 0 hung there once more, in CI).
+    del unet, optimizer, lr_scheduler, loader
+    accelerator.free_memory()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return code
