@@ -224,9 +224,8 @@ def build_demo(pipe: SpritePipeline, model_note: str = "", file_dir: str | Path 
             with gr.Accordion("This model's U-Net, stage by stage", open=False):
                 gr.Markdown(describe_unet(pipe.unet, len(pipe.guidance_knots)), elem_id="unet-table")
             if STEPS_QUALITY_PLOT.is_file():
-                gr.Image(str(STEPS_QUALITY_PLOT), label="Steps versus quality, every sampler (bundled model)",
-                         elem_classes=["label-room"],
-                         buttons=["fullscreen"])
+                gr.Image(str(STEPS_QUALITY_PLOT), elem_classes=["label-room"], buttons=["fullscreen"],
+                         label="Steps versus quality, every sampler (the two-pass teacher, model/teacher)")
 
         # ---- events -------------------------------------------------------------------------
         # preprocess=False: the sampler events get the raw request values and check them all.

@@ -17,6 +17,7 @@ import argparse
 import inspect
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -24,6 +25,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from benchmarks.common import best_time, forward_flops, machine_name, peak_flops  # noqa: E402
 from model import get_sampler, load_pipeline  # noqa: E402
 from model.engine import OPENVINO_ENGINES  # noqa: E402
+from model.loading import TEACHER_MODEL_DIR  # noqa: E402
 
 
 def naive_sample(pipe, scheduler, context: torch.Tensor, steps: int, seed: int = 0,
@@ -73,8 +75,9 @@ def unet_share(pipe, run) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="ours: model folder or Hub id (default: the bundled model)")
-    parser.add_argument("--today", default=None,
-                        help="the baseline's and the two-pass path's model (default: the bundled model)")
+    parser.add_argument("--today", default=str(TEACHER_MODEL_DIR),
+                        help="the baseline's and the two-pass path's model, one that guides in two passes (default: "
+                             "model/teacher, which the bundled model was distilled from)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (a free Space has 2 cores)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
@@ -99,6 +102,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     pipe = load_pipeline(args.today, device=str(device))
+    if pipe.guidance_knots:  # the baseline is the course's loop: context rows only, two passes
+        parser.exit(2, f"error: --today {args.today} is guidance-distilled; the baseline needs a two-pass model\n")
     fast = load_pipeline(args.model, device=str(device))
     whole_step = {"auto": None, "yes": True, "no": False}[args.whole_step]
     fast.enable_fast_sampling(compile=not args.no_compile and args.engine == "torch", bf16=args.bf16,
@@ -122,7 +127,8 @@ def main() -> None:
     ours_how += f", guidance {args.guidance_scale:g} in {'one pass' if rows == 1 else 'two passes'}" \
         if args.guidance_scale != 1 else ""
     print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
-    print(f"ours: {args.model or 'the bundled model'}; baseline and two-pass: {args.today or 'the bundled model'}")
+    today = "model/teacher" if Path(args.today) == TEACHER_MODEL_DIR else args.today
+    print(f"ours: {args.model or 'the bundled model'}; baseline and two-pass: {today}")
     print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
           f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode); DeepCache's outer pass "
           f"{outer_flops / 1e6:.1f} MFLOP ({outer_flops / flops_per_image:.0%})")

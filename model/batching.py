@@ -27,7 +27,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-MAX_ROWS_PER_STEP = 64  # U-Net rows per merged call: 2 of the page's default requests (16 sprites, guided)
+MAX_ROWS_PER_STEP = 64  # U-Net rows per merged call: 4 of the page's default requests (16 sprites, one pass)
 BUCKETS = (16, 32, 64)  # row counts to compile for: merged calls are padded up to the next one
 MAX_ROWS_IN_FLIGHT = 64 * 128  # 64 requests of the largest size (64 sprites, guided): 25 MB per 16x16 row tensor
 GATHER_S = 0.05  # longest wait, after the first row arrives, for the other requests in flight to reach their step

@@ -26,6 +26,9 @@ from safetensors import safe_open
 from .pipeline import SpritePipeline
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+# The two-pass model the bundled one was distilled from (train.py --distill_guidance): kept to distil it again and
+# for the figures measured on it; the app does not load it.
+TEACHER_MODEL_DIR = Path(__file__).resolve().parent / "teacher"
 REQUIRED_FILES = (
     "model_index.json",
     "scheduler/scheduler_config.json",

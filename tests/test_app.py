@@ -119,6 +119,22 @@ def test_generate_streams_frames_then_the_final_sprites(sprites, monkeypatch):
     assert "40 DDPM steps" in stats and "steps/s" in stats and seed == 7
 
 
+def test_the_stats_line_says_how_many_u_net_passes_guidance_took(sprites, tmp_path):
+    from model.unet import with_guidance_rows
+
+    def stats(events, guidance):
+        return list(events.generate(**{**FAST, "guidance_scale": guidance}))[-1][5]
+
+    assert "guidance" not in stats(sprites, 1.0)
+    assert stats(sprites, 2.0).endswith(" · guidance 2 in two U-Net passes")
+    torch.manual_seed(0)
+    student = SpritePipeline(with_guidance_rows(build_unet(len(NAMES), "tiny"), 3), make_scheduler(), NAMES,
+                             guidance_knots=[1.0, 2.0, 3.0])
+    distilled = app.SpriteApp(student, tmp_path)
+    assert stats(distilled, 2.5).endswith(" · guidance 2.5 in one U-Net pass")
+    assert stats(distilled, 4.0).endswith(" · guidance 4 in two U-Net passes")  # beyond its largest scale
+
+
 def test_live_updates_come_no_more_often_than_an_eye_follows(sprites, monkeypatch):
     monkeypatch.setattr(ui_events, "LIVE_INTERVAL_S", 3600.0)
     outputs = list(sprites.generate(**{**FAST, "num_inference_steps": 40}))

@@ -43,3 +43,22 @@ def test_load_report_leaves_each_users_first_request_out_of_the_steady_state_row
     assert rows["The same, leaving out each user's first request (all users arrive at once)"].startswith(
         "p50 1.00 s, p95 1.90 s (3 requests)")
     assert rows["Throughput, sprites x steps per second"].startswith("10")
+
+
+def test_sampling_benchmark_refuses_a_distilled_baseline_in_one_line(tmp_path):
+    """The baseline is the course's two-pass loop; the bundled model is distilled, so it is never the default."""
+    import torch
+
+    from model import SpritePipeline, build_unet, make_scheduler
+    from model.unet import with_guidance_rows
+
+    names = ["hero", "non-hero", "food", "spell", "item"]
+    torch.manual_seed(0)
+    SpritePipeline(with_guidance_rows(build_unet(len(names), "tiny"), 3), make_scheduler(), names,
+                   guidance_knots=[1.0, 2.0, 3.0]).save_pretrained(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "benchmarks/sampling.py", "--today", str(tmp_path), "--batches", "1",
+                           "--runs", "ddim:2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"error: --today {tmp_path} is guidance-distilled; the baseline "
+                                                   "needs a two-pass model")

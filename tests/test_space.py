@@ -132,6 +132,7 @@ def test_dry_run_lists_what_the_space_needs_and_no_test_benchmark_or_study(capsy
             "docs/about.md"} <= set(listed)
     assert not [p for p in listed if p.startswith(("tests/", "benchmarks/", "training/", "studies/", "runs/", ".ci/"))
                 or p.endswith((".json", ".npy")) and not p.startswith("model/default/")]
+    assert not [p for p in listed if p.startswith("model/teacher/")], "the teacher is for training, not the page"
     total = re.fullmatch(r"total: (\d+) files, ([\d.]+) MB\n", err)
     assert total and int(total[1]) == len(listed)
     stated = re.search(r"The Space holds about (\d+) MB", (ROOT / "README.md").read_text())

@@ -744,25 +744,26 @@ def test_max_train_minutes_stops_early_and_still_saves_the_model(sprites, tmp_pa
     assert "| steps | 1 |" in (out / "README.md").read_text()
 
 
-def test_the_defaults_are_the_bundled_models_recipe():
-    """`accelerate launch training/train.py` with no flags trains the bundled model's architecture and recipe.
+def test_the_defaults_are_the_teachers_recipe():
+    """`accelerate launch training/train.py` with no flags trains the teacher's architecture and recipe: the
+    two-pass model (model/teacher) that the bundled model was distilled from, in a second run (--distill_guidance).
 
-    The bundled model's own flags are model/default/training_args.json. Its run also had a time box
+    The teacher's own flags are model/teacher/training_args.json. Its run also had a time box
     (--max_train_minutes 3 on one H200, which stopped it at step 4,750 of the 6,000 the cosine schedule
     spans): a time box is about the machine, not the recipe, so it is not a default.
     """
-    from model.loading import DEFAULT_MODEL_DIR
+    from model.loading import TEACHER_MODEL_DIR
     from training.options import parse_args
     from training.sprite_data import default_sprites
 
     defaults = vars(parse_args([]))
-    shipped = json.loads((DEFAULT_MODEL_DIR / "training_args.json").read_text())
+    shipped = json.loads((TEACHER_MODEL_DIR / "training_args.json").read_text())
     assert {k: defaults[k] for k in RECIPE_FLAGS} == {k: shipped[k] for k in RECIPE_FLAGS}
     # The budget is in epochs now; on the bundled sprites it is the bundled run's 6,000 planned steps.
     steps_per_epoch = math.ceil(len(default_sprites()[0]) / defaults["train_batch_size"])
     assert defaults["max_train_steps"] == 0 and defaults["num_epochs"] * steps_per_epoch == shipped["max_train_steps"]
     built = build_unet(5, defaults["model_config"], defaults["resolution"]).config
-    bundled = json.loads((DEFAULT_MODEL_DIR / "unet" / "config.json").read_text())
+    bundled = json.loads((TEACHER_MODEL_DIR / "unet" / "config.json").read_text())
     architecture = ("block_out_channels", "layers_per_block", "norm_num_groups", "down_block_types",
                     "up_block_types", "add_attention", "sample_size", "num_class_embeds", "in_channels")
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in built.items() if k in architecture} == \

@@ -31,7 +31,7 @@ SAMPLER_LABELS = [s.label for s in SAMPLERS.values()]  # what the page and the A
 MAX_SEED = 2**31 - 1
 MAX_WEIGHT = 10.0  # per context; the sliders stop at 2
 MAX_SCALE = 20.0  # guidance and noise scale, as the pipeline allows
-# Chosen in docs/samplers.md: with the bundled model and guidance 2, DPM-Solver++ 2M SDE at 10 steps meets the quality
+# Chosen in docs/samplers.md: with the teacher and guidance 2, DPM-Solver++ 2M SDE at 10 steps meets the quality
 # bar besides its pixel statistics (which no run meets) at 200 sprites per context, with backgrounds that look clean
 # (88% within 3 levels of white, against 66% for UniPC 5, the previous default) and the fewest visible colours short of
 # DDPM 500: 16 sprites in 1.3 s on a 2-core CPU (compiled), DDPM 500 in 81 s (docs/performance.md).
@@ -206,6 +206,9 @@ class SpriteApp:
         stats = (f"**{len(sprites)} sprite{'s' if len(sprites) > 1 else ''}, {n} {SAMPLERS[args['sampler']].label} "
                  f"steps in {seconds:.2f} s** "
                  f"({n / seconds:.1f} steps/s), seed {seed}")
+        if args["guidance_scale"] not in (0.0, 1.0):  # a distilled model guides in one pass, within its scales
+            one = self.pipe.unet_rows(1, args["guidance_scale"]) == 1
+            stats += f" · guidance {args['guidance_scale']:g} in {'one U-Net pass' if one else 'two U-Net passes'}"
         if getattr(self.pipe, "compiling", False):
             stats += " · this run was eager: the compiled U-Net is still being built (a minute or two after a start)"
         elif getattr(self.pipe, "compile_error", None):
