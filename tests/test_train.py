@@ -639,13 +639,17 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["--guidance_learning_rate", "0"], "--guidance_learning_rate must be positive, got 0"),
         (["--pretrained_model_name_or_path", "TINY"], "has 5 contexts (hero, non-hero, food, spell, item), the "
                                                       "dataset 3"),
+        (["--pretrained_model_name_or_path", "BUNDLED"], "is guidance-distilled (one pass for guidance 1 to 3); "
+                                                         "fine-tune or distil the two-pass model it came from"),
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(15))
 def test_bad_input_gives_a_clear_error(case, sprites, tmp_path, capsys, tiny_dir):
+    from model.loading import DEFAULT_MODEL_DIR
+
     flags, message = _bad_inputs(tmp_path)[case]
-    flags = [str(tiny_dir) if f == "TINY" else f for f in flags]
+    flags = [{"TINY": str(tiny_dir), "BUNDLED": str(DEFAULT_MODEL_DIR)}.get(f, f) for f in flags]
     args = tiny_args(sprites, tmp_path / "out", "--max_train_steps", "1") + flags
     assert train.main(args) == 1
     err = capsys.readouterr().err

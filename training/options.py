@@ -30,8 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_config", "--model_config_name_or_path", dest="model_config", default="medium1-g16",
                    help=f"model size preset ({', '.join(PRESETS)}) or a UNet config .json")
     p.add_argument("--pretrained_model_name_or_path", default=None,
-                   help="start from this model's U-Net (a saved pipeline folder or a Hub repo, e.g. model/default) "
-                        "instead of fresh weights: fine-tuning; its size replaces --model_config")
+                   help="start from this model's U-Net (a saved pipeline folder or a Hub repo, e.g. model/teacher; "
+                        "not a guidance-distilled one) instead of fresh weights: fine-tuning; its size replaces "
+                        "--model_config")
     p.add_argument("--output_dir", default="runs/sprites", help="pipeline, card, checkpoints and logs go here")
     p.add_argument("--seed", type=int, default=0, help="seed for reproducible training")
     g = p.add_argument_group("optimisation")

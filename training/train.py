@@ -169,6 +169,10 @@ def pretrained_unet(source: str, names: list[str], resolution: int, prediction_t
         pipe = load_pipeline(source)
     except ModelLoadError as err:
         raise ConfigError(f"--pretrained_model_name_or_path: {err}") from None
+    if pipe.guidance_knots:  # its class table holds scale rows a plain fine-tune would feed nothing
+        raise ConfigError(f"--pretrained_model_name_or_path: {source} is guidance-distilled (one pass for guidance "
+                          f"{pipe.guidance_knots[0]:g} to {pipe.guidance_knots[-1]:g}); fine-tune or distil the "
+                          "two-pass model it came from (the bundled model's is model/teacher)")
     if len(pipe.context_names) != len(names):
         raise ConfigError(f"--pretrained_model_name_or_path: {source} has {len(pipe.context_names)} contexts "
                           f"({', '.join(pipe.context_names)}), the dataset {len(names)} ({', '.join(names)})")
