@@ -17,7 +17,6 @@ import argparse
 import inspect
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -75,7 +74,7 @@ def unet_share(pipe, run) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="ours: model folder or Hub id (default: the bundled model)")
-    parser.add_argument("--today", default=str(TEACHER_MODEL_DIR),
+    parser.add_argument("--today", default=None,
                         help="the baseline's and the two-pass path's model, one that guides in two passes (default: "
                              "model/teacher, which the bundled model was distilled from)")
     parser.add_argument("--device", default="cpu")
@@ -101,7 +100,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    pipe = load_pipeline(args.today, device=str(device))
+    pipe = load_pipeline(args.today or TEACHER_MODEL_DIR, device=str(device))
     if pipe.guidance_knots:  # the baseline is the course's loop: context rows only, two passes
         parser.exit(2, f"error: --today {args.today} is guidance-distilled; the baseline needs a two-pass model\n")
     fast = load_pipeline(args.model, device=str(device))
@@ -113,7 +112,7 @@ def main() -> None:
             fast.use_engine(args.engine)
         except ValueError as err:
             parser.exit(2, f"error: --engine {args.engine}: {err}\n")
-    two_pass = load_pipeline(args.today, device=str(device))
+    two_pass = load_pipeline(args.today or TEACHER_MODEL_DIR, device=str(device))
     two_pass.enable_fast_sampling(whole_step=whole_step)
     names, size = pipe.context_names, pipe.unet.config.sample_size
     dtype = "bf16" if args.bf16 or args.engine == "openvino-bf16" else "fp32"
@@ -127,8 +126,7 @@ def main() -> None:
     ours_how += f", guidance {args.guidance_scale:g} in {'one pass' if rows == 1 else 'two passes'}" \
         if args.guidance_scale != 1 else ""
     print(f"machine: {machine_name(device)}; peak {peak / 1e9:.0f} GFLOP/s ({peak_how})")
-    today = "model/teacher" if Path(args.today) == TEACHER_MODEL_DIR else args.today
-    print(f"ours: {args.model or 'the bundled model'}; baseline and two-pass: {today}")
+    print(f"ours: {args.model or 'the bundled model'}; baseline and two-pass: {args.today or 'model/teacher'}")
     print(f"model: {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.2f}M parameters, "
           f"{flops_per_image / 1e6:.1f} MFLOP per image per step (torch FlopCounterMode); DeepCache's outer pass "
           f"{outer_flops / 1e6:.1f} MFLOP ({outer_flops / flops_per_image:.0%})")
